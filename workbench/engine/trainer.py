@@ -1,0 +1,463 @@
+"""The training loop: ``Run``. Loss = task_weight * CE + sum of each method's weight * its terms.
+
+A ``Run`` is built by :func:`workbench.train` or :func:`workbench.distill` and does nothing until
+``fit()`` (blocking) or ``start()`` (a background thread, so widgets stay responsive). ``pause()``,
+``resume()`` and ``stop()`` act at step boundaries; so do changes to hyper-parameters.
+
+Speed: loss terms are summed on the device and read to the host once every ``log_every`` steps;
+nothing in the step calls ``.item()``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import probes
+from ..data.bundle import Batch, DataBundle
+from ..methods.base import Method, check_hparam
+from ..schemes.offline import freeze
+from ..taps import Outputs, TapRecorder
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .events import Callback, FunctionCallback, ProgressBar
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={name!r} was asked for but CUDA is not available here; "
+                               "use device='auto' or 'cpu'")
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Run:
+    """One training or distillation run: models, data, methods, config, state and controls."""
+
+    def __init__(self, student: nn.Module, data: DataBundle, config: RunConfig, *,
+                 teacher: nn.Module | None = None, methods: dict[str, Method] | None = None,
+                 callbacks: Iterable[Callback] = (), store: Any = "default", reuse: bool = True,
+                 resume: bool = True, progress: bool = True, label: str | None = None):
+        self.student, self.teacher, self.data, self.config = student, teacher, data, config
+        self.methods: dict[str, Method] = dict(methods or {})
+        self.callbacks: list[Callback] = list(callbacks)
+        if progress:
+            self.callbacks.append(ProgressBar())
+        if store == "default":
+            from ..store import RunStore
+            store = RunStore()
+        self.store = store
+        self.reuse, self.resume_ok = reuse, resume
+        self.label = label or _default_label(config)
+        self.device = pick_device(config.device)
+        self.run_id: str | None = None
+        self.status = "created"
+        self.step = self.epoch = 0
+        self.history: list[dict[str, float]] = []     # telemetry rows, appended every log_every
+        self.evals: list[dict[str, float]] = []       # one row per evaluation
+        self.result: dict[str, float] = {}            # the last evaluation
+        self.error: BaseException | None = None
+        self._task_weight = config.task_weight
+        self._pending_task_weight: float | None = None
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._thread: threading.Thread | None = None
+        self._student_taps: TapRecorder | None = None
+        self._teacher_taps: TapRecorder | None = None
+        self._rows: list[tuple[int, int, str, float]] = []
+        self._teacher_test_logits: torch.Tensor | None = None
+        n_train = len(data.train)
+        if n_train == 0:
+            raise ValueError(f"the training split of {data.name!r} is empty; nothing to train on")
+        if config.batch_size > n_train:
+            raise ValueError(f"batch_size={config.batch_size} is larger than the {n_train} training "
+                             f"samples of {data.name!r}; use batch_size <= {n_train}")
+        _check_compatible(student, teacher, data)
+        if teacher is not None:
+            freeze(teacher)
+
+    # -- controls ----------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train) // self.config.batch_size
+
+    @property
+    def task_weight(self) -> float:
+        return self._task_weight if self._pending_task_weight is None else self._pending_task_weight
+
+    @task_weight.setter
+    def task_weight(self, value: float) -> None:
+        self._pending_task_weight = check_hparam("Run", "task_weight", value, "nonnegative")
+
+    def on(self, event: str, fn) -> "Run":
+        """Call ``fn(run, payload)`` on ``event``; returns the run for chaining."""
+        self.callbacks.append(FunctionCallback(event, fn))
+        return self
+
+    def start(self) -> "Run":
+        """Train in a background thread; the kernel stays free for widgets. See :meth:`join`."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"run {self.label!r} is already running")
+        self._thread = threading.Thread(target=self._fit_in_thread, name=f"kdwb-{self.label}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> "Run":
+        """Wait for a background run; re-raise its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        """Ask the run to end at the next step boundary (a paused run ends too)."""
+        self._stop.set()
+        self._running.set()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- running -----------------------------------------------------------------------------
+    def _fit_in_thread(self) -> None:
+        try:
+            self.fit()
+        except BaseException as error:  # kept for join(); fit() already marked the store
+            self.error = error
+
+    def fit(self) -> "Run":
+        """Train until the last epoch, a stop request, or an error; return the run."""
+        self._stop.clear()
+        if self._reuse_finished():
+            return self
+        self._prepare()
+        try:
+            self._emit("run_start")
+            self._loop()
+            self.status = "interrupted" if self._stop.is_set() and self.epoch < self.config.epochs \
+                else "finished"
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+            raise
+        except BaseException as error:
+            self.status, self.error = "failed", error
+            raise
+        finally:
+            self._finish()
+        return self
+
+    def _prepare(self) -> None:
+        """Place models, build connectors on a first batch, the optimiser, and resume if asked."""
+        torch.manual_seed(self.config.seed)
+        self.student.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        need_s = [t for m in self.methods.values() for t in m.student_taps]
+        need_t = [t for m in self.methods.values() for t in m.teacher_taps]
+        self._student_taps = TapRecorder(self.student, need_s)
+        self._teacher_taps = TapRecorder(self.teacher, need_t) if self.teacher is not None else None
+        first = self.data.train.batch(torch.arange(min(self.config.batch_size, len(self.data.train))))
+        with torch.no_grad():
+            first = first.to(self.device)
+            s_out, t_out = self._student_taps(first.x), self._teacher_outputs(first)
+        for method in self.methods.values():
+            method.setup(s_out, t_out)
+            method.to(self.device)
+        params = list(self.student.parameters()) + [p for m in self.methods.values() for p in m.parameters()]
+        self.optimizer = _optimizer(self.config, params)
+        total = max(self.total_steps, 1)
+        schedule = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
+            if self.config.schedule == "cosine" else (lambda s: 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self._open_store_run()
+
+    def _teacher_outputs(self, batch: Batch) -> Outputs | None:
+        if self._teacher_taps is None:
+            return None
+        with torch.no_grad():
+            return self._teacher_taps(batch.x)
+
+    def _loop(self) -> None:
+        cfg, train = self.config, self.data.train
+        self._sums: torch.Tensor | None = None
+        self._names: list[str] = []
+        self._count = 0
+        for method in self.methods.values():
+            method.set_live(True)
+        while self.epoch < cfg.epochs:
+            self.student.train()
+            order = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
+            for batch in train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=True):
+                if not self._running.is_set():
+                    self._running.wait()
+                if self._stop.is_set():
+                    return
+                self._apply_pending()
+                self._train_step(batch.to(self.device, non_blocking=True))
+                self.step += 1
+                metrics = self._read_telemetry() if self.step % cfg.log_every == 0 else None
+                self._emit("step_end", metrics)
+            self.epoch += 1
+            last = self.epoch == cfg.epochs
+            if self._count:
+                self._read_telemetry()
+            if last or self.epoch % cfg.eval_every == 0:
+                self.evaluate()
+            if last or self.epoch % cfg.checkpoint_every == 0:
+                self._checkpoint()
+            self._emit("epoch_end", self.epoch)
+
+    def _apply_pending(self) -> None:
+        for method in self.methods.values():
+            method.apply_pending()
+        if self._pending_task_weight is not None:
+            self._task_weight, self._pending_task_weight = self._pending_task_weight, None
+
+    def _train_step(self, batch: Batch) -> None:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                  enabled=self.config.amp and self.device.type == "cuda")
+        with autocast:
+            student = self._student_taps(batch.x)
+            teacher = self._teacher_outputs(batch)
+            terms = {"ce": F.cross_entropy(student.logits, batch.y)}
+            loss = self._task_weight * terms["ce"]
+            for name, method in self.methods.items():
+                for term, value in method(student, teacher, batch).items():
+                    terms[f"{name}.{term}"] = value
+                    loss = loss + method.weight * value
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        correct = (student.logits.detach().argmax(1) == batch.y).sum()
+        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values()),
+                              correct.float()])
+        if self._sums is None:
+            self._names = ["loss", *terms, "train_acc"]
+            self._sums = torch.zeros_like(values)
+            self._first_bad = torch.full_like(values, -1.0)
+        # remember, on the device, the first step at which each term stopped being finite
+        bad = ~torch.isfinite(values) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, torch.full_like(values, float(self.step)), self._first_bad)
+        self._sums += values
+        self._count += 1
+
+    def _read_telemetry(self) -> dict[str, float]:
+        """One host read of the running sums since the last read; raise on a non-finite term."""
+        sums, first_bad = self._sums.tolist(), self._first_bad.tolist()
+        for name, step in zip(self._names, first_bad):
+            if step >= 0:
+                raise NonFiniteLossError(
+                    f"loss term {name!r} became non-finite at step {int(step)} (epoch {self.epoch}); "
+                    "the run stopped and its last good checkpoint is kept. Lower the learning rate, "
+                    "check the method's hyper-parameters, or clip gradients.")
+        count = self._count
+        row = {name: value / count for name, value in zip(self._names, sums)}
+        row["train_acc"] = sums[-1] / (count * self.config.batch_size)
+        row.update(step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"])
+        self._sums.zero_()
+        self._count = 0
+        self.history.append(row)
+        self._log_rows(row)
+        return row
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 1024) -> dict[str, float]:
+        """Test accuracy, loss and calibration of the student; agreement with the teacher."""
+        test = self.data.test
+        was_training = self.student.training
+        self.student.eval()
+        logits = torch.cat([self.student(b.x.to(self.device)).float().cpu()
+                            for b in test.batches(batch_size)])
+        self.student.train(was_training)
+        metrics = {"step": self.step, "epoch": self.epoch,
+                   "test_acc": probes.accuracy(logits, test.y),
+                   "test_loss": F.cross_entropy(logits, test.y).item(),
+                   "ece": probes.expected_calibration_error(logits, test.y)}
+        if self.teacher is not None:
+            if self._teacher_test_logits is None:  # the frozen teacher's answers never change
+                self._teacher_test_logits = torch.cat([self.teacher(b.x.to(self.device)).float().cpu()
+                                                       for b in test.batches(batch_size)])
+            metrics["teacher_acc"] = probes.accuracy(self._teacher_test_logits, test.y)
+            metrics["agreement"] = probes.agreement(logits, self._teacher_test_logits)
+        self.evals.append(metrics)
+        self.result = {k: v for k, v in metrics.items() if k not in ("step", "epoch")}
+        self._log_rows(metrics)
+        self._emit("eval_end", metrics)
+        return metrics
+
+    def _emit(self, event: str, payload: Any = None) -> None:
+        for callback in self.callbacks:
+            hook = getattr(callback, f"on_{event}")
+            hook(self) if event == "run_start" else hook(self, payload)
+
+    # -- store and checkpoints ---------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "student": self.student.state_dict(),
+                "methods": {n: m.state_dict() for n, m in self.methods.items()},
+                "hparams": {n: m.hparams() for n, m in self.methods.items()},
+                "task_weight": self._task_weight,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "history": self.history, "evals": self.evals}
+
+    def _checkpoint(self) -> None:
+        if self.store is None:
+            return
+        path = self.store.checkpoint_root / self.run_id / f"epoch_{self.epoch:04d}.pt"
+        digest = save_checkpoint(path, self._state())
+        self.store.add_artifact(self.run_id, "checkpoint", path, epoch=self.epoch, sha256=digest)
+        self.store.update_run(self.run_id, steps=self.step, epochs_done=self.epoch)
+        self._flush_rows()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        for name, method in self.methods.items():
+            method.load_state_dict(state["methods"][name])
+            for key, value in state["hparams"][name].items():
+                setattr(method, key, value)
+        self._task_weight = state["task_weight"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        self.result = {k: v for k, v in (self.evals[-1] if self.evals else {}).items()
+                       if k not in ("step", "epoch")}
+
+    def _load_latest_good(self, run_id: str) -> dict[str, Any] | None:
+        """The newest checkpoint of ``run_id`` whose checksum holds; damaged ones are skipped."""
+        for artifact in self.store.checkpoints(run_id):
+            try:
+                return load_checkpoint(artifact["path"], artifact["sha256"])
+            except CheckpointError as error:
+                print(f"kdwb: skipping {error}")
+        return None
+
+    def _reuse_finished(self) -> bool:
+        """Load the weights of an equal finished run instead of training again."""
+        if self.store is None or not self.reuse:
+            return False
+        row = self.store.find(self.config.hash())
+        state = self._load_latest_good(row["id"]) if row else None
+        if state is None:
+            return False
+        self.student.load_state_dict(state["student"])
+        for name, method in self.methods.items():
+            method.load_state_dict(state["methods"][name], strict=False)
+        self.student.to(self.device)
+        self.run_id, self.status = row["id"], "reused"
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        self.result = row["result"] or {}
+        return True
+
+    def _open_store_run(self) -> None:
+        self._rows = []
+        self._started = time.time()
+        if self.store is None:
+            return
+        if self.resume_ok and self.run_id is None:
+            row = self.store.find(self.config.hash(), ("interrupted", "running"))
+            state = self._load_latest_good(row["id"]) if row else None
+            if state is not None:
+                self._restore(state)
+                self.run_id = row["id"]
+        if self.run_id is None:
+            self.run_id = self.store.create_run(self.config.to_dict(), self.config.hash(),
+                                                self.label, _versions())
+        self.store.update_run(self.run_id, status="running", started=self._started, error=None)
+
+    def _log_rows(self, row: dict[str, float]) -> None:
+        self._rows.extend((self.step, self.epoch, k, float(v)) for k, v in row.items()
+                          if k not in ("step", "epoch"))
+
+    def _flush_rows(self) -> None:
+        if self.store is not None and self._rows:
+            self.store.log_metrics(self.run_id, self._rows)
+        self._rows = []
+
+    def _finish(self) -> None:
+        for method in self.methods.values():
+            method.set_live(False)
+        for recorder in (self._student_taps, self._teacher_taps):
+            if recorder is not None:
+                recorder.close()
+        if self.store is not None:
+            self._flush_rows()
+            self.store.update_run(self.run_id, status=self.status, finished=time.time(),
+                                  duration_s=time.time() - self._started, steps=self.step,
+                                  result=self.result, error=None if self.error is None else str(self.error))
+        self._emit("run_end", self.status)
+
+    def __repr__(self) -> str:
+        return f"Run({self.label!r}, status={self.status}, epoch={self.epoch}/{self.config.epochs}, step={self.step})"
+
+
+def _optimizer(config: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _check_compatible(student: nn.Module, teacher: nn.Module | None, data: DataBundle) -> None:
+    """Catch model/data mismatches before training, with one clear message each."""
+    probe = data.train.x[:2]
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is None:
+            continue
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(probe.to(next(model.parameters()).device))
+        except RuntimeError as error:
+            raise ValueError(f"the {role} {type(model).__name__} cannot take {data.name} inputs of "
+                             f"shape {tuple(data.input_shape)}: {error}") from None
+        finally:
+            model.train(was_training)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        if logits.shape[-1] != data.num_classes:
+            raise ValueError(f"the {role} {type(model).__name__} has {logits.shape[-1]} outputs but "
+                             f"{data.name} has {data.num_classes} classes; build it with "
+                             f"num_classes={data.num_classes}")
+
+
+def _default_label(config: RunConfig) -> str:
+    name = config.student.get("name", "model")
+    return f"{name}:{'+'.join(config.methods) or 'ce'}" if config.kind == "distill" else f"{name}:train"
+
+
+def _versions() -> dict[str, str]:
+    import platform
+    return {"torch": torch.__version__, "python": platform.python_version()}
