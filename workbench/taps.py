@@ -49,6 +49,35 @@ class TapError(ValueError):
     """A tap name that the model does not have."""
 
 
+#: symbolic tap names a method can ask for; each model resolves them to its own taps
+SYMBOLS = ("@last", "@stages", "@last_pre", "@stages_pre", "@embedding")
+
+
+def expand_taps(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Replace symbolic names by the model's own taps, keeping order; other names pass through.
+
+    ``@stages``: every stage output, shallow to deep (the declared taps but ``stem`` and
+    ``embedding``); ``@last``: the deepest of those; ``@stages_pre`` / ``@last_pre``: the same for
+    pre-activation taps; ``@embedding``: the pooled penultimate vector.
+    """
+    stages = [n for n in declared_taps(model) if n not in ("stem", "embedding")]
+    pre = list(declared_preact_taps(model))
+    table = {"@stages": stages, "@last": stages[-1:], "@stages_pre": pre, "@last_pre": pre[-1:],
+             "@embedding": ["embedding"] if "embedding" in declared_taps(model) else []}
+    out: list[str] = []
+    for name in names:
+        if name.startswith("@"):
+            if name not in table:
+                raise TapError(f"unknown symbolic tap {name!r}; symbols: {', '.join(SYMBOLS)}")
+            if not table[name]:
+                raise TapError(f"model {type(model).__name__} declares no taps for {name!r}; "
+                               "name its module paths instead (e.g. 'layer3')")
+            out.extend(table[name])
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
 def resolve_tap(model: nn.Module, name: str) -> tuple[str, nn.Module, bool]:
     """Map a tap name to (module path, module, is_attention); raise :class:`TapError` if unknown."""
     feats = {**declared_taps(model), **declared_preact_taps(model)}

@@ -91,6 +91,8 @@ class Run:
         _check_compatible(student, teacher, data)
         if teacher is not None:
             freeze(teacher)
+        for method in self.methods.values():  # tap names are checked here, before training
+            method.bind(student, teacher)
 
     # -- controls ----------------------------------------------------------------------------
     @property

@@ -106,7 +106,27 @@ class Method(nn.Module):
             object.__setattr__(self, key, value)
         return changes
 
-    # -- the loss ---------------------------------------------------------------------------
+    # -- taps and connectors ----------------------------------------------------------------
+    def bind(self, student_model: nn.Module, teacher_model: nn.Module | None) -> None:
+        """Resolve symbolic tap names (``@last``, ``@stages``, ...) against the two models and
+        check that every tap exists; called by the trainer before the first forward pass.
+        After this, ``self.student_taps`` / ``self.teacher_taps`` are concrete names, and
+        ``student.features[name]`` holds each one's output."""
+        from ..taps import expand_taps, resolve_tap
+        object.__setattr__(self, "student_taps", tuple(expand_taps(student_model, self.student_taps)))
+        for name in self.student_taps:
+            resolve_tap(student_model, name)
+        if teacher_model is not None:
+            object.__setattr__(self, "teacher_taps", tuple(expand_taps(teacher_model, self.teacher_taps)))
+            for name in self.teacher_taps:
+                resolve_tap(teacher_model, name)
+
+    def tap_pairs(self) -> list[tuple[str, str]]:
+        """(student tap, teacher tap) pairs, aligned from the deepest when the counts differ."""
+        n = min(len(self.student_taps), len(self.teacher_taps))
+        return list(zip(self.student_taps[len(self.student_taps) - n:],
+                        self.teacher_taps[len(self.teacher_taps) - n:]))
+
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Build connectors from the tap shapes of a first batch (called once, before training).
 
