@@ -275,12 +275,15 @@ class Run:
     def _read_telemetry(self) -> dict[str, float]:
         """One host read of the running sums since the last read; raise on a non-finite term."""
         sums, first_bad = self._sums.tolist(), self._first_bad.tolist()
-        for name, step in zip(self._names, first_bad):
-            if step >= 0:
-                raise NonFiniteLossError(
-                    f"loss term {name!r} became non-finite at step {int(step)} (epoch {self.epoch}); "
-                    "the run stopped and its last good checkpoint is kept. Lower the learning rate, "
-                    "check the method's hyper-parameters, or clip gradients.")
+        bad = [(step, name) for name, step in zip(self._names, first_bad) if step >= 0]
+        # name the term that went bad (not the total it poisoned), the earliest first
+        bad.sort(key=lambda item: (item[0], item[1] == "loss"))
+        if bad:
+            step, name = bad[0]
+            raise NonFiniteLossError(
+                f"loss term {name!r} became non-finite at step {int(step)} (epoch {self.epoch}); "
+                "the run stopped and its last good checkpoint is kept. Lower the learning rate, "
+                "check the method's hyper-parameters, or clip gradients.")
         count = self._count
         row = {name: value / count for name, value in zip(self._names, sums)}
         row["train_acc"] = sums[-1] / (count * self.config.batch_size)

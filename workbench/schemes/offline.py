@@ -13,6 +13,7 @@ def freeze(teacher: nn.Module) -> nn.Module:
     teacher.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
+        parameter.grad = None  # left over from the teacher's own training
     return teacher
 
 

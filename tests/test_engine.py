@@ -1,0 +1,150 @@
+"""The training loop: learning, frozen teacher, determinism, resume, reuse, live control, faults."""
+import threading
+import time
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.engine.trainer import NonFiniteLossError
+from workbench.schemes import is_frozen
+from workbench.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return wb.data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    torch.manual_seed(0)
+    model = wb.models.build("cnn", num_classes=10, in_channels=1, width=16)
+    wb.train(model, digits, epochs=3, store=None, progress=False).fit()
+    return model
+
+
+def student(seed=1, width=4):
+    torch.manual_seed(seed)
+    return wb.models.build("cnn", num_classes=10, in_channels=1, width=width)
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()])
+
+
+def test_a_few_steps_on_digits_reduce_the_loss(digits, teacher):
+    run = wb.distill(student(), teacher, digits, methods={"kd": {}}, epochs=2, log_every=5,
+                     store=None, progress=False).fit()
+    losses = [row["loss"] for row in run.history]
+    assert run.status == "finished" and len(losses) >= 6
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    assert run.result["test_acc"] > 0.5 and 0 <= run.result["agreement"] <= 1
+
+
+def test_teacher_is_frozen_and_gets_no_gradient(digits, teacher):
+    before = params(teacher)
+    seen = []
+    run = wb.distill(student(), teacher, digits, methods={"kd": {}}, epochs=1, store=None, progress=False)
+    run.on("step_end", lambda r, _: seen.append(any(p.grad is not None for p in teacher.parameters())))
+    run.fit()
+    assert is_frozen(teacher)
+    assert not any(seen)
+    assert torch.equal(before, params(teacher))
+
+
+def test_same_seed_gives_the_same_numbers(digits, teacher):
+    runs = [wb.distill(student(), teacher, digits, methods={"kd": {}}, epochs=2, seed=3,
+                       store=None, progress=False).fit() for _ in range(2)]
+    assert runs[0].history == runs[1].history
+    assert torch.equal(params(runs[0].student), params(runs[1].student))
+
+
+def test_interrupt_after_an_epoch_and_resume_equals_an_uninterrupted_run(digits, teacher, tmp_path):
+    options = dict(methods={"kd": {"temperature": 3.0}}, epochs=3, seed=5, progress=False)
+    whole = wb.distill(student(), teacher, digits, store=RunStore(tmp_path / "a.sqlite"), **options).fit()
+
+    store = RunStore(tmp_path / "b.sqlite")
+    first = wb.distill(student(), teacher, digits, store=store, **options)
+    first.on("epoch_end", lambda run, epoch: run.stop() if epoch == 1 else None)
+    first.fit()
+    assert first.status == "interrupted" and first.epoch == 1
+    assert store.get(first.run_id)["status"] == "interrupted"
+
+    resumed = wb.distill(student(), teacher, digits, store=store, **options).fit()
+    assert resumed.run_id == first.run_id and resumed.status == "finished"
+    assert torch.equal(params(resumed.student), params(whole.student))
+    assert resumed.history == whole.history
+
+
+def test_store_reuses_a_finished_run(digits, teacher):
+    options = dict(methods={"kd": {}}, epochs=1, seed=2, progress=False)
+    first = wb.distill(student(), teacher, digits, **options).fit()
+    again = wb.distill(student(), teacher, digits, **options)
+    steps = []
+    again.on("step_end", lambda r, _: steps.append(1))
+    again.fit()
+    assert again.status == "reused" and again.run_id == first.run_id and not steps
+    assert torch.equal(params(again.student), params(first.student))
+    assert again.result == first.result
+    fresh = wb.distill(student(), teacher, digits, reuse=False, **options).fit()
+    assert fresh.run_id != first.run_id and fresh.status == "finished"
+    board = wb.leaderboard(dataset="digits")
+    assert {first.run_id, fresh.run_id} <= set(board["id"])
+
+
+def test_background_run_pause_resume_stop_and_live_temperature(digits, teacher):
+    run = wb.distill(student(), teacher, digits, methods={"kd": {"temperature": 4.0}}, epochs=50,
+                     store=None, progress=False)
+    temperatures = []
+    run.on("step_end", lambda r, _: temperatures.append(r.methods["kd"].temperature))
+    run.start()
+    _wait(lambda: run.step > 5)
+    run.methods["kd"].temperature = 8.0
+    step_of_change = run.step
+    _wait(lambda: run.step > step_of_change + 2)
+    assert temperatures[-1] == 8.0
+    run.pause()
+    time.sleep(0.2)
+    paused_at = run.step
+    time.sleep(0.3)
+    assert run.step == paused_at
+    run.resume()
+    _wait(lambda: run.step > paused_at + 2)
+    run.stop()
+    run.join(timeout=10)
+    assert not run.is_alive and run.status == "interrupted"
+    assert set(temperatures) == {4.0, 8.0}
+
+
+def test_a_nan_loss_stops_the_run_naming_the_term_and_step(digits, teacher):
+    class Poison(wb.methods.Method):
+        def forward(self, student, teacher, batch):
+            return {"bad": student.logits.sum() * float("nan")}
+
+    run = wb.distill(student(), teacher, digits, methods={"poison": Poison()}, epochs=1, log_every=4,
+                     progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"'poison.bad' became non-finite at step 0"):
+        run.fit()
+    assert run.status == "failed"
+    assert wb.RunStore().get(run.run_id)["status"] == "failed"
+
+
+def test_bad_setups_are_caught_before_training(digits, teacher):
+    with pytest.raises(ValueError, match="batch_size=5000 is larger than the 1347"):
+        wb.distill(student(), teacher, digits, batch_size=5000, store=None)
+    wrong = wb.models.build("cnn", num_classes=7, in_channels=1, width=4)
+    with pytest.raises(ValueError, match="has 7 outputs but digits has 10 classes"):
+        wb.distill(wrong, teacher, digits, store=None)
+    with pytest.raises(ValueError, match="lr=-0.1 is not valid"):
+        wb.distill(student(), teacher, digits, lr=-0.1, store=None)
+    with pytest.raises(ValueError, match="scheme='sideways'"):
+        wb.distill(student(), teacher, digits, scheme="sideways", store=None)
+
+
+def _wait(condition, timeout=20.0):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
