@@ -33,7 +33,8 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     return spec
 
 
-def _build_methods(methods: dict[str, Any] | Iterable[str] | None) -> dict[str, Method]:
+def build_methods(methods: dict[str, Any] | Iterable[str] | None) -> dict[str, Method]:
+    """Methods by name: a dict of name -> hyper-parameters (or a built Method), or a list of names."""
     if methods is None:
         return {}
     if isinstance(methods, str):
@@ -86,7 +87,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle,
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme={scheme!r} is not available; choose one of {', '.join(SCHEMES)}")
-    built = _build_methods(methods)
+    built = build_methods(methods)
     config = _run_config("distill", student, teacher, data, built, {"scheme": scheme, **options})
     return Run(student, data, config, teacher=teacher, methods=built, callbacks=callbacks,
                store=store, reuse=reuse, resume=resume, progress=progress, label=label)

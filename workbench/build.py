@@ -7,7 +7,7 @@ import torch
 
 from . import data as datasets
 from . import models
-from .api import distill, train
+from .api import build_methods, distill, train
 from .engine.config import RunConfig
 from .engine.trainer import Run
 
@@ -34,6 +34,7 @@ def run_from_config(config: RunConfig, *, teacher_epochs: int | None = None, pro
     if config.kind == "train":
         options.pop("task_weight")
         return train(student, data, progress=progress, reuse=reuse, **options)
+    methods = build_methods(config.methods)  # bad names and values fail before any training
     teacher_args = {k: v for k, v in config.dataset_args.items() if k != "n_train"}
     teacher_data = datasets.load(config.dataset, **teacher_args)
     teacher = build_model(config.teacher, teacher_data, config.seed + 1)
@@ -41,5 +42,5 @@ def run_from_config(config: RunConfig, *, teacher_epochs: int | None = None, pro
     teacher_options["epochs"] = teacher_epochs or config.epochs
     train(teacher, teacher_data, progress=progress, label=f"{config.teacher['name']}:teacher",
           **teacher_options).fit()
-    return distill(student, teacher, data, config.methods, scheme=config.scheme, progress=progress,
+    return distill(student, teacher, data, methods, scheme=config.scheme, progress=progress,
                    reuse=reuse, **options)
