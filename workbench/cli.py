@@ -122,6 +122,18 @@ def cmd_runs(args: argparse.Namespace) -> None:
         print(board.to_string(index=False) if not board.empty else "no finished runs to compare")
 
 
+def cmd_methods_table(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .methods_table import methods_table
+    text = methods_table()
+    if args.output == "-":
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
     run_demo(seed=args.seed, quiet=args.quiet)
@@ -173,6 +185,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="list", choices=["list", "show", "compare"])
     p.add_argument("ids", nargs="*")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("methods-table", help="write the methods table (docs/methods.md) from the registry")
+    p.add_argument("--output", default="docs/methods.md", help="file to write, or - for standard output")
+    p.set_defaults(func=cmd_methods_table)
 
     p = sub.add_parser("demo", help="teacher, student from scratch and student with KD, on digits")
     p.add_argument("--seed", type=int, default=0)
