@@ -138,7 +138,7 @@ def test_bad_setups_are_caught_before_training(digits, teacher):
         wb.distill(wrong, teacher, digits, store=None)
     with pytest.raises(ValueError, match="lr=-0.1 is not valid"):
         wb.distill(student(), teacher, digits, lr=-0.1, store=None)
-    with pytest.raises(ValueError, match="scheme='sideways'"):
+    with pytest.raises(KeyError, match="unknown scheme 'sideways'"):
         wb.distill(student(), teacher, digits, scheme="sideways", store=None)
 
 

@@ -13,8 +13,7 @@ from .engine.events import Callback
 from .engine.trainer import Run
 from .methods.base import Method, build_method
 from .registry import METHODS
-
-SCHEMES = ("offline",)
+from .schemes import Scheme, build_scheme
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -74,20 +73,21 @@ def train(model: nn.Module, data: DataBundle, *, callbacks: Iterable[Callback] =
                progress=progress, label=label)
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: DataBundle,
-            methods: dict[str, Any] | Iterable[str] | None = ("kd",), *, scheme: str = "offline",
-            callbacks: Iterable[Callback] = (), store: Any = "default", reuse: bool = True,
+def distill(student: nn.Module, teacher: nn.Module | None, data: DataBundle,
+            methods: dict[str, Any] | Iterable[str] | None = ("kd",), *, scheme: str | Scheme = "offline",
+            scheme_args: dict[str, Any] | None = None, callbacks: Iterable[Callback] = (), store: Any = "default", reuse: bool = True,
             resume: bool = True, progress: bool = True, label: str | None = None,
             **options: Any) -> Run:
     """A run that distils ``teacher`` into ``student`` with the given KD ``methods``.
 
     ``methods`` maps registered method names to hyper-parameters, e.g.
     ``{"kd": {"temperature": 4, "weight": 0.9}}``; a list of names takes the paper defaults.
-    The teacher is frozen (eval mode, no gradients) in the offline scheme.
+    The teacher is frozen (eval mode, no gradients) in the offline scheme. ``scheme`` is a
+    registered scheme name (with ``scheme_args``) or a built :class:`~workbench.schemes.Scheme`.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is not available; choose one of {', '.join(SCHEMES)}")
+    built_scheme = build_scheme(scheme, **(scheme_args or {}))
     built = build_methods(methods)
-    config = _run_config("distill", student, teacher, data, built, {"scheme": scheme, **options})
-    return Run(student, data, config, teacher=teacher, methods=built, callbacks=callbacks,
+    config = _run_config("distill", student, teacher, data, built,
+                         {"scheme": built_scheme.name, "scheme_args": built_scheme.describe(), **options})
+    return Run(student, data, config, teacher=teacher, methods=built, scheme=built_scheme, callbacks=callbacks,
                store=store, reuse=reuse, resume=resume, progress=progress, label=label)

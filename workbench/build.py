@@ -42,5 +42,5 @@ def run_from_config(config: RunConfig, *, teacher_epochs: int | None = None, pro
     teacher_options["epochs"] = teacher_epochs or config.epochs
     train(teacher, teacher_data, progress=progress, label=f"{config.teacher['name']}:teacher",
           **teacher_options).fit()
-    return distill(student, teacher, data, methods, scheme=config.scheme, progress=progress,
-                   reuse=reuse, **options)
+    return distill(student, teacher, data, methods, scheme=config.scheme, scheme_args=config.scheme_args,
+                   progress=progress, reuse=reuse, **options)

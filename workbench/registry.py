@@ -80,3 +80,4 @@ class Registry:
 METHODS = Registry("method")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
+SCHEMES = Registry("scheme")

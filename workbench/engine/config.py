@@ -25,6 +25,7 @@ class RunConfig:
     teacher: dict = field(default_factory=dict)        # {} when there is no teacher
     methods: dict = field(default_factory=dict)        # method name -> hyper-parameters
     scheme: str = "offline"              # who teaches whom (DESIGN.md, "Scheme")
+    scheme_args: dict = field(default_factory=dict)    # the scheme's own settings
     task_weight: float = 1.0             # weight of the hard-label cross-entropy
     epochs: int = 10
     batch_size: int = 64

@@ -21,9 +21,8 @@ from torch import nn
 from .. import probes
 from ..data.bundle import Batch, DataBundle
 from ..methods.base import Method, check_hparam
-from ..schemes.offline import freeze
-from ..taps import Outputs, TapRecorder
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..schemes.base import Scheme
+from .persistence import Persistence
 from .config import RunConfig
 from .events import Callback, FunctionCallback, ProgressBar
 
@@ -46,11 +45,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-class Run:
+class Run(Persistence):
     """One training or distillation run: models, data, methods, config, state and controls."""
 
     def __init__(self, student: nn.Module, data: DataBundle, config: RunConfig, *,
                  teacher: nn.Module | None = None, methods: dict[str, Method] | None = None,
+                 scheme: Scheme | None = None,
                  callbacks: Iterable[Callback] = (), store: Any = "default", reuse: bool = True,
                  resume: bool = True, progress: bool = True, label: str | None = None):
         self.student, self.teacher, self.data, self.config = student, teacher, data, config
@@ -78,8 +78,6 @@ class Run:
         self._running = threading.Event()
         self._running.set()
         self._thread: threading.Thread | None = None
-        self._student_taps: TapRecorder | None = None
-        self._teacher_taps: TapRecorder | None = None
         self._rows: list[tuple[int, int, str, float]] = []
         self._teacher_test_logits: torch.Tensor | None = None
         n_train = len(data.train)
@@ -89,10 +87,11 @@ class Run:
             raise ValueError(f"batch_size={config.batch_size} is larger than the {n_train} training "
                              f"samples of {data.name!r}; use batch_size <= {n_train}")
         _check_compatible(student, teacher, data)
-        if teacher is not None:
-            freeze(teacher)
-        for method in self.methods.values():  # tap names are checked here, before training
-            method.bind(student, teacher)
+        if scheme is None:
+            from ..schemes.offline import Offline
+            scheme = Offline()
+        self.scheme = scheme
+        scheme.attach(self)  # freezes an offline teacher; checks every method's taps
 
     # -- controls ----------------------------------------------------------------------------
     @property
@@ -102,6 +101,11 @@ class Run:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.data.train) // self.config.batch_size
+
+    @property
+    def active_task_weight(self) -> float:
+        """The task weight the current step uses (a live change waits for the next step)."""
+        return self._task_weight
 
     @property
     def task_weight(self) -> float:
@@ -179,33 +183,18 @@ class Run:
     def _prepare(self) -> None:
         """Place models, build connectors on a first batch, the optimiser, and resume if asked."""
         torch.manual_seed(self.config.seed)
-        self.student.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
-        need_s = [t for m in self.methods.values() for t in m.student_taps]
-        need_t = [t for m in self.methods.values() for t in m.teacher_taps]
-        self._student_taps = TapRecorder(self.student, need_s)
-        self._teacher_taps = TapRecorder(self.teacher, need_t) if self.teacher is not None else None
+        self.scheme.to(self.device)
         first = self.data.train.batch(torch.arange(min(self.config.batch_size, len(self.data.train))))
-        with torch.no_grad():
-            first = first.to(self.device)
-            s_out, t_out = self._student_taps(first.x), self._teacher_outputs(first)
-        for method in self.methods.values():
-            method.setup(s_out, t_out)
-            method.to(self.device)
-        params = list(self.student.parameters()) + [p for m in self.methods.values() for p in m.parameters()]
-        self.optimizer = _optimizer(self.config, params)
+        self.scheme.prepare(first.to(self.device))
+        self.scheme.to(self.device)  # connectors built from the first batch
+        self.optimizer = _optimizer(self.config, list(self.scheme.parameters()))
         total = max(self.total_steps, 1)
         schedule = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
             if self.config.schedule == "cosine" else (lambda s: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self._open_store_run()
-
-    def _teacher_outputs(self, batch: Batch) -> Outputs | None:
-        if self._teacher_taps is None:
-            return None
-        with torch.no_grad():
-            return self._teacher_taps(batch.x)
 
     def _loop(self) -> None:
         cfg, train = self.config, self.data.train
@@ -215,7 +204,7 @@ class Run:
         for method in self.methods.values():
             method.set_live(True)
         while self.epoch < cfg.epochs:
-            self.student.train()
+            self.scheme.train()
             order = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
             for batch in train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=True):
                 if not self._running.is_set():
@@ -247,19 +236,12 @@ class Run:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                   enabled=self.config.amp and self.device.type == "cuda")
         with autocast:
-            student = self._student_taps(batch.x)
-            teacher = self._teacher_outputs(batch)
-            terms = {"ce": F.cross_entropy(student.logits, batch.y)}
-            loss = self._task_weight * terms["ce"]
-            for name, method in self.methods.items():
-                for term, value in method(student, teacher, batch).items():
-                    terms[f"{name}.{term}"] = value
-                    loss = loss + method.weight * value
+            loss, terms, logits = self.scheme.step(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        correct = (student.logits.detach().argmax(1) == batch.y).sum()
+        correct = (logits.detach().argmax(1) == batch.y).sum()
         values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values()),
                               correct.float()])
         if self._sums is None:
@@ -313,6 +295,7 @@ class Run:
                                                        for b in test.batches(batch_size)])
             metrics["teacher_acc"] = probes.accuracy(self._teacher_test_logits, test.y)
             metrics["agreement"] = probes.agreement(logits, self._teacher_test_logits)
+        metrics.update(self.scheme.extra_metrics(test, batch_size))
         self.evals.append(metrics)
         self.result = {k: v for k, v in metrics.items() if k not in ("step", "epoch")}
         self._log_rows(metrics)
@@ -324,97 +307,10 @@ class Run:
             hook = getattr(callback, f"on_{event}")
             hook(self) if event == "run_start" else hook(self, payload)
 
-    # -- store and checkpoints ---------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "student": self.student.state_dict(),
-                "methods": {n: m.state_dict() for n, m in self.methods.items()},
-                "hparams": {n: m.hparams() for n, m in self.methods.items()},
-                "task_weight": self._task_weight,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "history": self.history, "evals": self.evals}
-
-    def _checkpoint(self) -> None:
-        if self.store is None:
-            return
-        path = self.store.checkpoint_root / self.run_id / f"epoch_{self.epoch:04d}.pt"
-        digest = save_checkpoint(path, self._state())
-        self.store.add_artifact(self.run_id, "checkpoint", path, epoch=self.epoch, sha256=digest)
-        self.store.update_run(self.run_id, steps=self.step, epochs_done=self.epoch)
-        self._flush_rows()
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
-        for name, method in self.methods.items():
-            method.load_state_dict(state["methods"][name])
-            for key, value in state["hparams"][name].items():
-                setattr(method, key, value)
-        self._task_weight = state["task_weight"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history, self.evals = list(state["history"]), list(state["evals"])
-        self.result = {k: v for k, v in (self.evals[-1] if self.evals else {}).items()
-                       if k not in ("step", "epoch")}
-
-    def _load_latest_good(self, run_id: str) -> dict[str, Any] | None:
-        """The newest checkpoint of ``run_id`` whose checksum holds; damaged ones are skipped."""
-        for artifact in self.store.checkpoints(run_id):
-            try:
-                return load_checkpoint(artifact["path"], artifact["sha256"])
-            except CheckpointError as error:
-                print(f"kdwb: skipping {error}")
-        return None
-
-    def _reuse_finished(self) -> bool:
-        """Load the weights of an equal finished run instead of training again."""
-        if self.store is None or not self.reuse:
-            return False
-        row = self.store.find(self.config.hash())
-        state = self._load_latest_good(row["id"]) if row else None
-        if state is None:
-            return False
-        self.student.load_state_dict(state["student"])
-        for name, method in self.methods.items():
-            method.load_state_dict(state["methods"][name], strict=False)
-        self.student.to(self.device)
-        self.run_id, self.status = row["id"], "reused"
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history, self.evals = list(state["history"]), list(state["evals"])
-        self.result = row["result"] or {}
-        return True
-
-    def _open_store_run(self) -> None:
-        self._rows = []
-        self._started = time.time()
-        if self.store is None:
-            return
-        if self.resume_ok and self.run_id is None:
-            row = self.store.find(self.config.hash(), ("interrupted", "running"))
-            state = self._load_latest_good(row["id"]) if row else None
-            if state is not None:
-                self._restore(state)
-                self.run_id = row["id"]
-        if self.run_id is None:
-            self.run_id = self.store.create_run(self.config.to_dict(), self.config.hash(),
-                                                self.label, _versions())
-        self.store.update_run(self.run_id, status="running", started=self._started, error=None)
-
-    def _log_rows(self, row: dict[str, float]) -> None:
-        self._rows.extend((self.step, self.epoch, k, float(v)) for k, v in row.items()
-                          if k not in ("step", "epoch"))
-
-    def _flush_rows(self) -> None:
-        if self.store is not None and self._rows:
-            self.store.log_metrics(self.run_id, self._rows)
-        self._rows = []
-
     def _finish(self) -> None:
         for method in self.methods.values():
             method.set_live(False)
-        for recorder in (self._student_taps, self._teacher_taps):
-            if recorder is not None:
-                recorder.close()
+        self.scheme.close()
         if self.store is not None:
             self._flush_rows()
             self.store.update_run(self.run_id, status=self.status, finished=time.time(),
@@ -461,8 +357,3 @@ def _check_compatible(student: nn.Module, teacher: nn.Module | None, data: DataB
 def _default_label(config: RunConfig) -> str:
     name = config.student.get("name", "model")
     return f"{name}:{'+'.join(config.methods) or 'ce'}" if config.kind == "distill" else f"{name}:train"
-
-
-def _versions() -> dict[str, str]:
-    import platform
-    return {"torch": torch.__version__, "python": platform.python_version()}

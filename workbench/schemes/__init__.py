@@ -1,4 +1,31 @@
-"""Distillation schemes: who teaches whom, and who is updated."""
-from .offline import freeze, is_frozen
+"""Distillation schemes: who teaches whom, and who is updated.
 
-__all__ = ["freeze", "is_frozen"]
+Importing this package imports every scheme file under it, so a new scheme file registers itself.
+"""
+import importlib
+import pkgutil
+from typing import Any
+
+from ..registry import SCHEMES
+from .base import Scheme
+from .offline import Offline, freeze, is_frozen
+
+
+def _import_all() -> None:
+    for info in pkgutil.walk_packages(__path__, prefix=__name__ + "."):
+        importlib.import_module(info.name)
+
+
+_import_all()
+
+
+def build_scheme(scheme: "str | Scheme", **kwargs: Any) -> Scheme:
+    """A scheme by registered name (with its keyword arguments), or one already built."""
+    if isinstance(scheme, Scheme):
+        if kwargs:
+            raise TypeError("scheme arguments go to the Scheme's constructor when it is built already")
+        return scheme
+    return SCHEMES.build(scheme, **kwargs)
+
+
+__all__ = ["Scheme", "Offline", "SCHEMES", "build_scheme", "freeze", "is_frozen"]

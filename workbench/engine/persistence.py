@@ -1,0 +1,99 @@
+"""The run store side of a `Run`: checkpoints, resume, reuse of finished runs, metric rows."""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+class Persistence:
+    """Mixed into :class:`~workbench.engine.trainer.Run`; uses its store, config and state."""
+
+    def _state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "scheme": self.scheme.state_dict(),
+                "hparams": {n: m.hparams() for n, m in self.methods.items()},
+                "task_weight": self._task_weight,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "history": self.history, "evals": self.evals}
+
+    def _checkpoint(self) -> None:
+        if self.store is None:
+            return
+        path = self.store.checkpoint_root / self.run_id / f"epoch_{self.epoch:04d}.pt"
+        digest = save_checkpoint(path, self._state())
+        self.store.add_artifact(self.run_id, "checkpoint", path, epoch=self.epoch, sha256=digest)
+        self.store.update_run(self.run_id, steps=self.step, epochs_done=self.epoch)
+        self._flush_rows()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.scheme.load_state_dict(state["scheme"])
+        for name, method in self.methods.items():
+            for key, value in state["hparams"][name].items():
+                setattr(method, key, value)
+        self._task_weight = state["task_weight"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        self.result = {k: v for k, v in (self.evals[-1] if self.evals else {}).items()
+                       if k not in ("step", "epoch")}
+
+    def _load_latest_good(self, run_id: str) -> dict[str, Any] | None:
+        """The newest checkpoint of ``run_id`` whose checksum holds; damaged ones are skipped."""
+        for artifact in self.store.checkpoints(run_id):
+            try:
+                return load_checkpoint(artifact["path"], artifact["sha256"])
+            except CheckpointError as error:
+                print(f"kdwb: skipping {error}")
+        return None
+
+    def _reuse_finished(self) -> bool:
+        """Load the weights of an equal finished run instead of training again."""
+        if self.store is None or not self.reuse:
+            return False
+        row = self.store.find(self.config.hash())
+        state = self._load_latest_good(row["id"]) if row else None
+        if state is None:
+            return False
+        # connectors do not exist before a first batch: only what exists now is loaded
+        self.scheme.load_state_dict(state["scheme"], strict=False)
+        self.scheme.to(self.device)
+        self.run_id, self.status = row["id"], "reused"
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        self.result = row["result"] or {}
+        return True
+
+    def _open_store_run(self) -> None:
+        self._rows = []
+        self._started = time.time()
+        if self.store is None:
+            return
+        if self.resume_ok and self.run_id is None:
+            row = self.store.find(self.config.hash(), ("interrupted", "running"))
+            state = self._load_latest_good(row["id"]) if row else None
+            if state is not None:
+                self._restore(state)
+                self.run_id = row["id"]
+        if self.run_id is None:
+            self.run_id = self.store.create_run(self.config.to_dict(), self.config.hash(),
+                                                self.label, _versions())
+        self.store.update_run(self.run_id, status="running", started=self._started, error=None)
+
+    def _log_rows(self, row: dict[str, float]) -> None:
+        self._rows.extend((self.step, self.epoch, k, float(v)) for k, v in row.items()
+                          if k not in ("step", "epoch"))
+
+    def _flush_rows(self) -> None:
+        if self.store is not None and self._rows:
+            self.store.log_metrics(self.run_id, self._rows)
+        self._rows = []
+
+
+def _versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,97 @@
+"""`Scheme`: who teaches whom, and who is updated, in one training step.
+
+A scheme owns the trainable parts of a run (the student or a cohort of peers, the methods and
+their connectors) as sub-modules, so one ``state_dict`` checkpoints them all, and one
+``parameters()`` feeds the optimiser. A frozen teacher is held outside the module tree: it is
+neither trained nor saved with the run. The trainer calls, in order: ``attach`` (when the run is
+built), ``prepare`` (on a first batch, before the optimiser exists), ``step`` (every training
+step) and ``close``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data.bundle import Batch, Split
+from ..taps import Outputs, TapRecorder
+
+if TYPE_CHECKING:
+    from ..engine.trainer import Run
+
+
+class Scheme(nn.Module):
+    """Base class: the offline loss shape (task loss + weighted method terms) with hooks to vary it."""
+
+    name: ClassVar[str] = ""
+    #: does this scheme need a pretrained teacher?
+    needs_teacher: ClassVar[bool] = True
+
+    def attach(self, run: "Run") -> None:
+        """Take the run's student and methods; check and resolve the methods' taps."""
+        self.student = run.student
+        self.methods = nn.ModuleDict(run.methods)
+        object.__setattr__(self, "teacher", run.teacher)  # not a sub-module: never trained or saved
+        object.__setattr__(self, "run", run)
+        if self.needs_teacher and run.teacher is None:
+            raise ValueError(f"the {self.name!r} scheme needs a teacher")
+        for method in self.methods.values():
+            method.bind(self.student, self.teacher)
+        self._recorders: list[TapRecorder] = []
+
+    def recorder(self, model: nn.Module, taps) -> TapRecorder:
+        recorder = TapRecorder(model, taps)
+        self._recorders.append(recorder)
+        return recorder
+
+    def prepare(self, first: Batch) -> None:
+        """Create tap recorders and let methods build connectors from a first batch's shapes."""
+        self.student_taps = self.recorder(self.student, [t for m in self.methods.values() for t in m.student_taps])
+        self.teacher_taps = None if self.teacher is None else \
+            self.recorder(self.teacher, [t for m in self.methods.values() for t in m.teacher_taps])
+        with torch.no_grad():
+            student, teacher = self.student_taps(first.x), self.teacher_outputs(first)
+        for method in self.methods.values():
+            method.setup(student, teacher)
+
+    def teacher_outputs(self, batch: Batch) -> Outputs | None:
+        if self.teacher_taps is None:
+            return None
+        with torch.no_grad():
+            return self.teacher_taps(batch.x)
+
+    def method_terms(self, student: Outputs, teacher: Outputs | None, batch: Batch,
+                     prefix: str = "") -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """Every method's terms on one (student, teacher) pair: (weighted sum, named terms)."""
+        total: torch.Tensor | float = 0.0
+        terms = {}
+        for name, method in self.methods.items():
+            for term, value in method(student, teacher, batch).items():
+                terms[f"{prefix}{name}.{term}"] = value
+                total = total + method.weight * value
+        return total, terms
+
+    def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One step's loss: returns (loss, named terms, the logits whose accuracy is tracked)."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "Scheme":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a frozen teacher stays in eval mode whatever the scheme does
+        return self
+
+    def extra_metrics(self, test: Split, batch_size: int) -> dict[str, float]:
+        """Metrics beyond the student's own (e.g. each peer's accuracy); none by default."""
+        return {}
+
+    def close(self) -> None:
+        for recorder in self._recorders:
+            recorder.close()
+        self._recorders.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """The scheme's constructor arguments, recorded in the run config as ``scheme_args``
+        (equal settings, equal runs; ``build_scheme(name, **describe())`` rebuilds it)."""
+        return {}
