@@ -148,3 +148,14 @@ def _wait(condition, timeout=20.0):
         if time.time() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+def test_a_run_changed_live_is_not_reused_for_its_starting_config(digits, teacher):
+    options = dict(methods={"kd": {"temperature": 4.0}}, epochs=1, seed=4, progress=False)
+    changed = wb.distill(student(), teacher, digits, **options)
+    changed.on("step_end", lambda run, _: setattr(run.methods["kd"], "temperature", 2.0)
+               if run.step == 3 else None)
+    changed.fit()
+    assert changed.live_changes == [{"step": 3, "kd.temperature": 2.0}]
+    again = wb.distill(student(), teacher, digits, **options).fit()
+    assert again.status == "finished" and again.run_id != changed.run_id

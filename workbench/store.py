@@ -97,7 +97,7 @@ class RunStore:
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set columns of one run (``status``, ``result``, ``steps``, ...)."""
         allowed = {"label", "status", "started", "finished", "duration_s", "steps", "epochs_done",
-                   "result", "error"}
+                   "result", "error", "config_hash"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"cannot update run column(s) {sorted(bad)}; allowed: {sorted(allowed)}")

@@ -72,6 +72,7 @@ class Run(Persistence):
         self.evals: list[dict[str, float]] = []       # one row per evaluation
         self.result: dict[str, float] = {}            # the last evaluation
         self.error: BaseException | None = None
+        self.live_changes: list[dict[str, float]] = []  # hyper-parameters changed while running
         self._task_weight = config.task_weight
         self._pending_task_weight: float | None = None
         self._stop = threading.Event()
@@ -163,6 +164,7 @@ class Run(Persistence):
         """Train until the last epoch, a stop request, or an error; return the run."""
         self._stop.clear()
         if self._reuse_finished():
+            self._emit("run_end", self.status)  # views attached to the run draw its stored history
             return self
         self._prepare()
         try:
@@ -189,7 +191,8 @@ class Run(Persistence):
         first = self.data.train.batch(torch.arange(min(self.config.batch_size, len(self.data.train))))
         self.scheme.prepare(first.to(self.device))
         self.scheme.to(self.device)  # connectors built from the first batch
-        self.optimizer = _optimizer(self.config, list(self.scheme.parameters()))
+        self._params = list(self.scheme.parameters())
+        self.optimizer = _optimizer(self.config, self._params)
         total = max(self.total_steps, 1)
         schedule = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
             if self.config.schedule == "cosine" else (lambda s: 1.0)
@@ -218,19 +221,26 @@ class Run(Persistence):
                 self._emit("step_end", metrics)
             self.epoch += 1
             last = self.epoch == cfg.epochs
-            if self._count:
-                self._read_telemetry()
-            if last or self.epoch % cfg.eval_every == 0:
+            evaluate = last or self.epoch % cfg.eval_every == 0
+            checkpoint = last or self.epoch % cfg.checkpoint_every == 0
+            if self._count and (evaluate or checkpoint):
+                self._read_telemetry()  # also the non-finite check: never save a NaN checkpoint
+            if evaluate:
                 self.evaluate()
-            if last or self.epoch % cfg.checkpoint_every == 0:
+            if checkpoint:
                 self._checkpoint()
             self._emit("epoch_end", self.epoch)
 
     def _apply_pending(self) -> None:
-        for method in self.methods.values():
-            method.apply_pending()
+        """Apply live hyper-parameter changes at this step boundary, and record them."""
+        changes = {f"{name}.{key}": value for name, method in self.methods.items()
+                   for key, value in method.apply_pending().items()}
         if self._pending_task_weight is not None:
             self._task_weight, self._pending_task_weight = self._pending_task_weight, None
+            changes["task_weight"] = self._task_weight
+        if changes:
+            self.live_changes.append({"step": self.step, **changes})
+            self._log_rows({f"live.{key}": value for key, value in changes.items()})
 
     def _train_step(self, batch: Batch) -> None:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
@@ -239,6 +249,8 @@ class Run(Persistence):
             loss, terms, logits = self.scheme.step(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.config.grad_clip is not None:  # the norm stays on the device: no host sync
+            torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         correct = (logits.detach().argmax(1) == batch.y).sum()
@@ -316,6 +328,9 @@ class Run(Persistence):
             self.store.update_run(self.run_id, status=self.status, finished=time.time(),
                                   duration_s=time.time() - self._started, steps=self.step,
                                   result=self.result, error=None if self.error is None else str(self.error))
+            if self.live_changes and self.status == "finished":
+                # its numbers no longer follow from its config: never reuse it for that config
+                self.store.update_run(self.run_id, config_hash=f"{self.config.hash()}+live")
         self._emit("run_end", self.status)
 
     def __repr__(self) -> str:
