@@ -58,7 +58,7 @@ def run_demo(seed: int = 0, quiet: bool = False, store: object = "default") -> d
     print(f"  teacher accuracy               {result['teacher']:.2%}")
     print(f"  student from scratch accuracy  {result['scratch']:.2%}")
     print(f"  student with KD accuracy       {result['kd']:.2%}  (T=4, soft weight 0.9)")
-    print(f"  KD gain                        {result['kd'] - result['scratch']:+.2%}")
+    print(f"  KD gain                        {100 * (result['kd'] - result['scratch']):+.2f} points")
     print(f"  time taken                     {elapsed:.1f} s"
           + (f"  (reused from the store: {', '.join(reused)})" if reused else ""))
     return result
