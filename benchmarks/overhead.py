@@ -37,9 +37,21 @@ def build(spec, data, seed):
     return wb.models.build(spec[0], num_classes=data.num_classes, in_channels=data.in_channels, **spec[1])
 
 
-def hand_loop(student, teacher, data, batch_size, epochs, seed):
-    """The minimal loop: teacher forward under no_grad, student forward+backward, KD, SGD step."""
-    teacher.eval()
+def hand_loop(student, teacher, data, batch_size, epochs, seed, device="cpu", amp=False,
+              channels_last=False, on_epoch_end=None):
+    """The minimal loop: teacher forward under no_grad, student forward+backward, KD, SGD step.
+
+    On a GPU it is written as a careful user would: the whole training split moved to the device
+    once, batches gathered there by index, bf16 autocast (``amp``) and NHWC (``channels_last``) when
+    asked. ``on_epoch_end(epoch)`` is called after each epoch's last step (the harness times there).
+    """
+    device = torch.device(device)
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    teacher.to(device=device, memory_format=layout).eval()
+    student.to(device=device, memory_format=layout)
+    inputs, labels = data.train.x.to(device), data.train.y.to(device)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True)
     total = epochs * (len(data.train) // batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -48,20 +60,25 @@ def hand_loop(student, teacher, data, batch_size, epochs, seed):
     for epoch in range(epochs):
         student.train()
         order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order = order.to(device)
         for start in range(0, len(order) - len(order) % batch_size, batch_size):
             index = order[start:start + batch_size]
-            x, y = data.train.x[index], data.train.y[index]
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            logits = student(x)
-            loss = TASK_WEIGHT * F.cross_entropy(logits, y) + SOFT_WEIGHT * kd_loss(logits, teacher_logits, TEMPERATURE)
+            x, y = inputs[index], labels[index]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                logits = student(x)
+                loss = TASK_WEIGHT * F.cross_entropy(logits, y) + SOFT_WEIGHT * kd_loss(logits, teacher_logits, TEMPERATURE)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-    student.eval()  # the same final evaluation the engine does
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    student.eval()  # the final evaluation, in batches of the training size as the engine does
     with torch.no_grad():
-        (student(data.test.x).argmax(1) == data.test.y).float().mean().item()
+        correct = sum((student(x.to(device)).argmax(1) == y.to(device)).sum().item()
+                      for x, y in zip(data.test.x.split(batch_size), data.test.y.split(batch_size)))
     return total
 
 

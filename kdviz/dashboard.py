@@ -262,8 +262,11 @@ class Dashboard(widgets.VBox, Callback):
         last = run.evals[-1] if run.evals else {}
         acc = f", test acc {last['test_acc']:.3f}" if "test_acc" in last else ""
         speed = f", {rate:.0f} steps/s" if rate else ""
+        # the values the trainer's steps use now: a slider's new value waits for the next step
+        in_use = [f"{name}.{key} {getattr(method, key):g}" for name, method in run.methods.items()
+                  for key in type(method).constraints] + [f"task_weight {run.active_task_weight:g}"]
         self.status.value = (f"<b>{status}</b> &nbsp; step {run.step}/{run.total_steps}, epoch "
-                             f"{run.epoch}/{run.config.epochs}{speed}{acc}")
+                             f"{run.epoch}/{run.config.epochs}{speed}{acc}<br>in use: {', '.join(in_use)}")
 
     def figure(self) -> go.Figure:
         """A static figure of the run's curves so far: loss terms (left), accuracies (right)."""

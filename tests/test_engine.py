@@ -159,3 +159,15 @@ def test_a_run_changed_live_is_not_reused_for_its_starting_config(digits, teache
     assert changed.live_changes == [{"step": 3, "kd.temperature": 2.0}]
     again = wb.distill(student(), teacher, digits, **options).fit()
     assert again.status == "finished" and again.run_id != changed.run_id
+
+
+def test_a_reused_run_gets_its_connectors_back(digits, teacher):
+    options = dict(methods={"fitnet": {}}, epochs=1, seed=6, progress=False)
+    first = wb.distill(student(), teacher, digits, **options).fit()
+    trained = {k: v.clone() for k, v in first.methods["fitnet"].state_dict().items()}
+    assert trained, "fitnet builds a regressor"
+    again = wb.distill(student(), teacher, digits, **options).fit()
+    assert again.status == "reused"
+    loaded = again.methods["fitnet"].state_dict()
+    assert trained.keys() == loaded.keys()
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)

@@ -74,19 +74,20 @@ def train(model: nn.Module, data: DataBundle, *, callbacks: Iterable[Callback] =
 
 
 def distill(student: nn.Module, teacher: nn.Module | None, data: DataBundle,
-            methods: dict[str, Any] | Iterable[str] | None = ("kd",), *, scheme: str | Scheme = "offline",
+            methods: dict[str, Any] | Iterable[str] | None = None, *, scheme: str | Scheme = "offline",
             scheme_args: dict[str, Any] | None = None, callbacks: Iterable[Callback] = (), store: Any = "default", reuse: bool = True,
             resume: bool = True, progress: bool = True, label: str | None = None,
             **options: Any) -> Run:
     """A run that distils ``teacher`` into ``student`` with the given KD ``methods``.
 
     ``methods`` maps registered method names to hyper-parameters, e.g.
-    ``{"kd": {"temperature": 4, "weight": 0.9}}``; a list of names takes the paper defaults.
+    ``{"kd": {"temperature": 4, "weight": 0.9}}``; a list of names takes the paper defaults;
+    ``None`` takes the scheme's own (``Scheme.default_methods``: KD for offline).
     The teacher is frozen (eval mode, no gradients) in the offline scheme. ``scheme`` is a
     registered scheme name (with ``scheme_args``) or a built :class:`~workbench.schemes.Scheme`.
     """
     built_scheme = build_scheme(scheme, **(scheme_args or {}))
-    built = build_methods(methods)
+    built = build_methods(built_scheme.default_methods if methods is None else methods)
     config = _run_config("distill", student, teacher, data, built,
                          {"scheme": built_scheme.name, "scheme_args": built_scheme.describe(), **options})
     return Run(student, data, config, teacher=teacher, methods=built, scheme=built_scheme, callbacks=callbacks,

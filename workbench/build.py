@@ -1,6 +1,7 @@
 """Build data, models and a run from a :class:`RunConfig` (the CLI's and the store's path)."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ from .engine.config import RunConfig
 from .engine.trainer import Run
 
 _RUN_FIELDS = ("task_weight", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-               "schedule", "seed", "device", "amp", "log_every", "eval_every", "checkpoint_every")
+               "grad_clip", "schedule", "seed", "device", "amp", "log_every", "eval_every",
+               "checkpoint_every")
 
 
 def build_model(spec: dict[str, Any], data: datasets.DataBundle, seed: int):
@@ -38,6 +40,10 @@ def run_from_config(config: RunConfig, *, teacher_epochs: int | None = None, pro
     teacher_args = {k: v for k, v in config.dataset_args.items() if k != "n_train"}
     teacher_data = datasets.load(config.dataset, **teacher_args)
     teacher = build_model(config.teacher, teacher_data, config.seed + 1)
+    # the distillation run's own checks (shapes, classes, taps, batch size) before the teacher
+    # trains: on a copy of the teacher (the check freezes it) and fresh methods (it binds them)
+    distill(student, copy.deepcopy(teacher), data, build_methods(config.methods), scheme=config.scheme,
+            scheme_args=config.scheme_args, store=None, progress=False, **options)
     teacher_options = {k: v for k, v in options.items() if k != "task_weight"}
     teacher_options["epochs"] = teacher_epochs or config.epochs
     train(teacher, teacher_data, progress=progress, label=f"{config.teacher['name']}:teacher",

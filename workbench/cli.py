@@ -1,4 +1,4 @@
-"""The `kdwb` command: list, train, distill, runs, demo.
+"""The `kdwb` command: list, train, distill, runs, demo, app.
 
 Errors a user can fix (a bad value, a missing data set) print one line and exit with status 2;
 no traceback.
@@ -23,7 +23,10 @@ def _key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} {pair!r} is not valid; write it as NAME=VALUE")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)  # safe: a !!python/... tag is refused
+        except yaml.YAMLError as error:
+            raise ValueError(f"{flag} {pair!r} is not valid: {' '.join(str(error).split())}") from None
     return out
 
 
@@ -43,7 +46,7 @@ def _method_args(names: Sequence[str], pairs: Sequence[str]) -> dict[str, dict[s
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "seed": args.seed, "device": args.device}
+               "seed": args.seed, "device": args.device, "grad_clip": args.grad_clip}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -139,6 +142,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(seed=args.seed, quiet=args.quiet)
 
 
+def cmd_app(args: argparse.Namespace) -> None:
+    from .app import plan, serve
+    app = plan(args.notebook, host=args.host, port=args.port, token=args.token)
+    status = serve(app, open_browser=not args.no_browser)
+    if status:
+        raise SystemExit(status)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a run config (.yaml/.yml/.json); flags below override it")
     parser.add_argument("--dataset", default="digits", help="registered data set (kdwb list datasets)")
@@ -148,6 +159,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--grad-clip", type=float, help="clip the gradients' total norm to this")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--no-reuse", action="store_true", help="train again even if the store has this run")
@@ -194,6 +206,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("app", help="serve a notebook (default: the quickstart) as a web app with Voila")
+    p.add_argument("notebook", nargs="?", help="the notebook to serve (default: notebooks/00_quickstart.ipynb)")
+    p.add_argument("--port", type=int, default=8866)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1); any other needs a token")
+    p.add_argument("--token", help="access token (generated when --host is not a loopback address)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(func=cmd_app)
     return top
 
 
@@ -205,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kdwb: interrupted; the run is marked interrupted and resumes from its last "
               "checkpoint when started again", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as error:
+    # FloatingPointError: a loss that became NaN; OSError: an unreadable config, a full disk
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError) as error:
         if os.environ.get("KDWB_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

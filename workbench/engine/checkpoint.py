@@ -1,6 +1,7 @@
 """Checkpoints: written atomically with a SHA-256 beside them, read back with weights_only=True."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -21,18 +22,24 @@ def sha256_bytes(data: bytes) -> str:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
     """Write ``state`` to ``path`` atomically (temp file + rename); return its SHA-256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
     digest = sha256_bytes(data)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    Path(str(path) + ".sha256").write_text(digest + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        Path(str(path) + ".sha256").write_text(digest + "\n")
+    except OSError as error:  # full disk, read-only folder: no half-written file is left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {error}. Earlier checkpoints are "
+                              "kept; free disk space or set KDWB_HOME to a writable folder") from error
     return digest
 
 

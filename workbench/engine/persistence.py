@@ -1,7 +1,9 @@
 """The run store side of a `Run`: checkpoints, resume, reuse of finished runs, metric rows."""
 from __future__ import annotations
 
+import os
 import platform
+import socket
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ class Persistence:
     def _checkpoint(self) -> None:
         if self.store is None:
             return
+        _check_finite_weights(self)
         path = self.store.checkpoint_root / self.run_id / f"epoch_{self.epoch:04d}.pt"
         digest = save_checkpoint(path, self._state())
         self.store.add_artifact(self.run_id, "checkpoint", path, epoch=self.epoch, sha256=digest)
@@ -60,8 +63,16 @@ class Persistence:
         state = self._load_latest_good(row["id"]) if row else None
         if state is None:
             return False
-        # connectors do not exist before a first batch: only what exists now is loaded
-        self.scheme.load_state_dict(state["scheme"], strict=False)
+        if state["epoch"] != self.config.epochs:
+            print(f"kdwb: run {row['id']} finished but its last checkpoint is damaged; "
+                  "training again instead of reusing it")
+            return False
+        # connectors are built from a first batch's shapes: build them, then load every weight
+        first = self.data.train.batch(torch.arange(min(self.config.batch_size, len(self.data.train))))
+        self.scheme.to(self.device)
+        self.scheme.prepare(first.to(self.device))
+        self.scheme.close()
+        self.scheme.load_state_dict(state["scheme"])
         self.scheme.to(self.device)
         self.run_id, self.status = row["id"], "reused"
         self.epoch, self.step = state["epoch"], state["step"]
@@ -75,15 +86,20 @@ class Persistence:
         if self.store is None:
             return
         if self.resume_ok and self.run_id is None:
-            row = self.store.find(self.config.hash(), ("interrupted", "running"))
+            # "interrupted" includes a "running" row whose process is gone (killed, crashed)
+            row = self.store.find(self.config.hash(), ("interrupted",))
             state = self._load_latest_good(row["id"]) if row else None
             if state is not None:
                 self._restore(state)
                 self.run_id = row["id"]
+                # rows the lost session logged after its checkpoint are logged again from here
+                self.store.delete_metrics_after(self.run_id, self.step)
         if self.run_id is None:
             self.run_id = self.store.create_run(self.config.to_dict(), self.config.hash(),
                                                 self.label, _versions())
-        self.store.update_run(self.run_id, status="running", started=self._started, error=None)
+        # pid and host tell a live run from one whose process was killed (see RunStore.find)
+        self.store.update_run(self.run_id, status="running", started=self._started, error=None,
+                              pid=os.getpid(), host=socket.gethostname())
 
     def _log_rows(self, row: dict[str, float]) -> None:
         self._rows.extend((self.step, self.epoch, k, float(v)) for k, v in row.items()
@@ -93,6 +109,20 @@ class Persistence:
         if self.store is not None and self._rows:
             self.store.log_metrics(self.run_id, self._rows)
         self._rows = []
+
+
+def _check_finite_weights(run) -> None:
+    """Refuse to checkpoint non-finite weights (one host sync per checkpoint, not per step).
+
+    The loss terms are checked first; this catches weights that a last, finite-loss step with an
+    infinite gradient has poisoned."""
+    tensors = [t for t in run.scheme.state_dict().values() if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        from .trainer import NonFiniteLossError
+        raise NonFiniteLossError(
+            f"the weights became non-finite by step {run.step} (epoch {run.epoch}) although the "
+            "logged loss terms were finite; the checkpoint was not written and the last good one "
+            "is kept. Lower the learning rate or set grad_clip.")
 
 
 def _versions() -> dict[str, str]:

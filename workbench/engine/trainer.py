@@ -23,6 +23,7 @@ from ..data.bundle import Batch, DataBundle
 from ..methods.base import Method, check_hparam
 from ..schemes.base import Scheme
 from .persistence import Persistence
+from . import distributed
 from .config import RunConfig
 from .events import Callback, FunctionCallback, ProgressBar
 
@@ -87,6 +88,11 @@ class Run(Persistence):
         if config.batch_size > n_train:
             raise ValueError(f"batch_size={config.batch_size} is larger than the {n_train} training "
                              f"samples of {data.name!r}; use batch_size <= {n_train}")
+        for name, method in self.methods.items():  # e.g. in-batch relations need several samples
+            least = getattr(method, "min_batch_size", 1)
+            if config.batch_size < least:
+                raise ValueError(f"method {name!r} needs batches of at least {least} samples, got "
+                                 f"batch_size={config.batch_size}; use batch_size >= {least}")
         _check_compatible(student, teacher, data)
         if scheme is None:
             from ..schemes.offline import Offline
@@ -185,6 +191,7 @@ class Run(Persistence):
     def _prepare(self) -> None:
         """Place models, build connectors on a first batch, the optimiser, and resume if asked."""
         torch.manual_seed(self.config.seed)
+        distributed.setup(self)  # device, GPU settings, ranks (rank 0 alone writes the store)
         if self.teacher is not None:
             self.teacher.to(self.device)
         self.scheme.to(self.device)
@@ -198,10 +205,11 @@ class Run(Persistence):
             if self.config.schedule == "cosine" else (lambda s: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self._open_store_run()
+        self._step_fn = distributed.finish_setup(self)  # compile, rank 0's state on all ranks, DDP
 
     def _loop(self) -> None:
         cfg, train = self.config, self.data.train
-        self._sums: torch.Tensor | None = None
+        self._telemetry: torch.Tensor | None = None  # (log_every, terms) rows on the device
         self._names: list[str] = []
         self._count = 0
         for method in self.methods.values():
@@ -209,7 +217,7 @@ class Run(Persistence):
         while self.epoch < cfg.epochs:
             self.scheme.train()
             order = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
-            for batch in train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=True):
+            for batch in distributed.batches(self, train, order):  # this rank's shard, on the device
                 if not self._running.is_set():
                     self._running.wait()
                 if self._stop.is_set():
@@ -246,7 +254,7 @@ class Run(Persistence):
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                   enabled=self.config.amp and self.device.type == "cuda")
         with autocast:
-            loss, terms, logits = self.scheme.step(batch)
+            loss, terms, logits = self._step_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip is not None:  # the norm stays on the device: no host sync
@@ -254,43 +262,51 @@ class Run(Persistence):
         self.optimizer.step()
         self.scheduler.step()
         correct = (logits.detach().argmax(1) == batch.y).sum()
-        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values()),
-                              correct.float()])
-        if self._sums is None:
+        parts = [loss.detach().float(), *(v.detach().float() for v in terms.values()), correct.float()]
+        if self._telemetry is None:
             self._names = ["loss", *terms, "train_acc"]
-            self._sums = torch.zeros_like(values)
-            self._first_bad = torch.full_like(values, -1.0)
-        # remember, on the device, the first step at which each term stopped being finite
-        bad = ~torch.isfinite(values) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, torch.full_like(values, float(self.step)), self._first_bad)
-        self._sums += values
+            self._telemetry = parts[0].new_zeros((self.config.log_every, len(parts)))
+        if self._count == len(self._telemetry):  # more steps than log_every between two reads
+            self._telemetry = torch.cat([self._telemetry, torch.zeros_like(self._telemetry)])
+        # one row per step, written on the device in one op; sums and the non-finite check wait
+        # for the next read (so the first step at which each term went bad is still known)
+        torch.stack(parts, out=self._telemetry[self._count])
         self._count += 1
 
     def _read_telemetry(self) -> dict[str, float]:
-        """One host read of the running sums since the last read; raise on a non-finite term."""
-        sums, first_bad = self._sums.tolist(), self._first_bad.tolist()
-        bad = [(step, name) for name, step in zip(self._names, first_bad) if step >= 0]
+        """One host read of the rows since the last read; raise on a non-finite term."""
+        count = self._count
+        rows = self._telemetry[:count]
+        distributed.all_reduce_telemetry(self, rows)  # averaged over ranks under torchrun
+        finite = torch.isfinite(rows)
+        first_row = torch.where(finite.all(0), -1.0, (~finite).float().argmax(0).float())
+        values = torch.cat([rows.sum(0), first_row]).tolist()
+        sums, first_rows = values[:len(self._names)], values[len(self._names):]
+        bad = [(self.step - count + row, name) for name, row in zip(self._names, first_rows) if row >= 0]
         # name the term that went bad (not the total it poisoned), the earliest first
         bad.sort(key=lambda item: (item[0], item[1] == "loss"))
         if bad:
             step, name = bad[0]
             raise NonFiniteLossError(
-                f"loss term {name!r} became non-finite at step {int(step)} (epoch {self.epoch}); "
+                f"loss term {name!r} became non-finite at step {int(step)} (in epoch "
+                f"{int(step) // max(self.steps_per_epoch, 1) + 1}, counting from 1); "
                 "the run stopped and its last good checkpoint is kept. Lower the learning rate, "
-                "check the method's hyper-parameters, or clip gradients.")
-        count = self._count
+                "check the method's hyper-parameters, or clip gradients (grad_clip=...).")
         row = {name: value / count for name, value in zip(self._names, sums)}
         row["train_acc"] = sums[-1] / (count * self.config.batch_size)
         row.update(step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"])
-        self._sums.zero_()
         self._count = 0
         self.history.append(row)
         self._log_rows(row)
         return row
 
     @torch.no_grad()
-    def evaluate(self, batch_size: int = 1024) -> dict[str, float]:
-        """Test accuracy, loss and calibration of the student; agreement with the teacher."""
+    def evaluate(self, batch_size: int | None = None) -> dict[str, float]:
+        """Test accuracy, loss and calibration of the student; agreement with the teacher.
+
+        ``batch_size`` defaults to the training batch size, so that evaluating never needs more
+        memory than a training step (its forward passes keep no activations for a backward)."""
+        batch_size = batch_size or self.config.batch_size
         test = self.data.test
         was_training = self.student.training
         self.student.eval()
@@ -323,6 +339,7 @@ class Run(Persistence):
         for method in self.methods.values():
             method.set_live(False)
         self.scheme.close()
+        distributed.teardown(self)
         if self.store is not None:
             self._flush_rows()
             self.store.update_run(self.run_id, status=self.status, finished=time.time(),

@@ -87,16 +87,19 @@ class Method(nn.Module):
         rule = type(self).constraints.get(key)
         if rule is not None:
             value = check_hparam(type(self).__name__, key, value, rule)
-            if self._live:
-                with self._lock:
+            with self._lock:  # the live flag is read and flipped under the same lock
+                if self._live:
                     self._pending[key] = value
-                return
+                    return
         super().__setattr__(key, value)
 
     def set_live(self, live: bool) -> None:
         """Called by the trainer: while live, hyper-parameter changes wait for a step boundary."""
-        self.apply_pending()
-        object.__setattr__(self, "_live", live)
+        with self._lock:
+            object.__setattr__(self, "_live", live)
+            changes, self._pending = self._pending, {}
+        for key, value in changes.items():
+            object.__setattr__(self, key, value)
 
     def apply_pending(self) -> dict[str, Any]:
         """Apply queued hyper-parameter changes; return what changed."""

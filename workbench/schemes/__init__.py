@@ -1,6 +1,9 @@
 """Distillation schemes: who teaches whom, and who is updated.
 
 Importing this package imports every scheme file under it, so a new scheme file registers itself.
+Offline: ``offline``; online: ``dml``, ``one``, ``kdcl``; self: ``byot``, ``ban`` (with
+:func:`born_again`), ``pskd``, ``tfkd``, ``cskd``. ``wb.distill(..., scheme=name,
+scheme_args={...})`` builds one; notebook 20 runs them all.
 """
 import importlib
 import pkgutil
@@ -18,6 +21,8 @@ def _import_all() -> None:
 
 _import_all()
 
+from .ban import born_again  # noqa: E402  (a function, not a registered scheme: re-exported)
+
 
 def build_scheme(scheme: "str | Scheme", **kwargs: Any) -> Scheme:
     """A scheme by registered name (with its keyword arguments), or one already built."""
@@ -28,4 +33,4 @@ def build_scheme(scheme: "str | Scheme", **kwargs: Any) -> Scheme:
     return SCHEMES.build(scheme, **kwargs)
 
 
-__all__ = ["Scheme", "Offline", "SCHEMES", "build_scheme", "freeze", "is_frozen"]
+__all__ = ["Scheme", "Offline", "SCHEMES", "build_scheme", "born_again", "freeze", "is_frozen"]

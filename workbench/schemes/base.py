@@ -27,6 +27,10 @@ class Scheme(nn.Module):
     name: ClassVar[str] = ""
     #: does this scheme need a pretrained teacher?
     needs_teacher: ClassVar[bool] = True
+    #: does it use one at all? Online and self schemes make their own teachers and refuse one.
+    uses_teacher: ClassVar[bool] = True
+    #: the methods a run takes when ``wb.distill`` is given none: the paper's loss for the scheme
+    default_methods: ClassVar[dict[str, dict[str, Any]]] = {"kd": {}}
 
     def attach(self, run: "Run") -> None:
         """Take the run's student and methods; check and resolve the methods' taps."""
@@ -36,6 +40,9 @@ class Scheme(nn.Module):
         object.__setattr__(self, "run", run)
         if self.needs_teacher and run.teacher is None:
             raise ValueError(f"the {self.name!r} scheme needs a teacher")
+        if not self.uses_teacher and run.teacher is not None:
+            raise ValueError(f"the {self.name!r} scheme makes its own teachers and uses no "
+                             "pretrained one; pass teacher=None")
         for method in self.methods.values():
             method.bind(self.student, self.teacher)
         self._recorders: list[TapRecorder] = []
@@ -95,3 +102,17 @@ class Scheme(nn.Module):
         """The scheme's constructor arguments, recorded in the run config as ``scheme_args``
         (equal settings, equal runs; ``build_scheme(name, **describe())`` rebuilds it)."""
         return {}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, batch_size: int,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits (N, K) of ``model`` on every sample of ``split``, in eval mode, as float on the CPU;
+    the model's train/eval mode is restored afterwards."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(b.x.to(device)).float().cpu() for b in split.batches(batch_size)])
+    finally:
+        model.train(was_training)

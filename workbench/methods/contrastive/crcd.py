@@ -90,6 +90,7 @@ class CRCD(Method):
     needs it); with ``gradient_weight=0`` any tap works and only the feature relations count.
     """
 
+    min_batch_size = 3  # its in-batch relations need an anchor, a positive and a negative
     constraints = {"weight": "nonnegative", "temperature": "positive", "gradient_weight": "nonnegative",
                    "feat_dim": "positive"}
     student_taps = ("@embedding",)

@@ -95,6 +95,7 @@ def _level(feature: torch.Tensor, tap: str) -> torch.Tensor:
 class ReviewKD(Method):
     """Knowledge review: ABF fusion of the student's levels (deep to shallow) and HCL per level."""
 
+    min_batch_size = 2  # batch-norm in its fusion modules needs two samples
     constraints = {"weight": "nonnegative", "warmup": "nonnegative"}
     student_taps = ("@stages", "@embedding")
     teacher_taps = ("@stages_pre", "@embedding")
