@@ -73,3 +73,13 @@ def test_runs_show_prints_the_config(capsys):
     assert main(["runs", "show", run_id]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["config"]["student"]["name"] == "cnn" and shown["status"] == "finished"
+
+
+def test_an_online_scheme_runs_from_the_command_line_without_a_teacher(capsys):
+    assert main(["distill", "--scheme", "dml", "--scheme-arg", "peers=2", "--student", "cnn",
+                 "--student-arg", "width=4", "--method", "kd", "--method-arg", "kd.temperature=1",
+                 "--n-train", "200", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "peer1_acc" in out
+    assert main(["runs", "list"]) == 0
+    assert capsys.readouterr().out.count("finished") == 1  # no teacher was trained

@@ -10,6 +10,7 @@ from . import data as datasets
 from . import models
 from .api import build_methods, distill, train
 from .engine.config import RunConfig
+from .registry import SCHEMES
 from .engine.trainer import Run
 
 _RUN_FIELDS = ("task_weight", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
@@ -37,6 +38,9 @@ def run_from_config(config: RunConfig, *, teacher_epochs: int | None = None, pro
         options.pop("task_weight")
         return train(student, data, progress=progress, reuse=reuse, **options)
     methods = build_methods(config.methods)  # bad names and values fail before any training
+    if not SCHEMES.get(config.scheme).factory.uses_teacher:  # online and self schemes teach themselves
+        return distill(student, None, data, methods, scheme=config.scheme, scheme_args=config.scheme_args,
+                       progress=progress, reuse=reuse, **options)
     teacher_args = {k: v for k, v in config.dataset_args.items() if k != "n_train"}
     teacher_data = datasets.load(config.dataset, **teacher_args)
     teacher = build_model(config.teacher, teacher_data, config.seed + 1)

@@ -67,6 +67,8 @@ def _config_from_args(args: argparse.Namespace, kind: str) -> RunConfig:
         fields["student"] = {"name": args.student, **_key_values(args.student_arg, "--student-arg")}
         fields["teacher"] = {"name": args.teacher, **_key_values(args.teacher_arg, "--teacher-arg")}
         fields["methods"] = _method_args(args.method, args.method_arg)
+        fields["scheme"] = args.scheme
+        fields["scheme_args"] = _key_values(args.scheme_arg, "--scheme-arg")
         if args.task_weight is not None:
             fields["task_weight"] = args.task_weight
     return RunConfig.from_dict({**fields, **_run_options(args)})
@@ -190,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", action="append", help="KD method (repeatable; none = plain CE)")
     p.add_argument("--method-arg", action="append", metavar="METHOD.PARAM=VALUE")
     p.add_argument("--task-weight", type=float, help="weight of the hard-label cross-entropy")
+    p.add_argument("--scheme", default="offline",
+                   help="who teaches whom: offline (default), dml, one, kdcl, byot, ban, pskd, tfkd, cskd")
+    p.add_argument("--scheme-arg", action="append", metavar="NAME=VALUE", help="scheme argument, e.g. peers=3")
     _common(p)
     p.set_defaults(func=cmd_distill)
 

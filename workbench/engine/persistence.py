@@ -116,7 +116,8 @@ def _check_finite_weights(run) -> None:
 
     The loss terms are checked first; this catches weights that a last, finite-loss step with an
     infinite gradient has poisoned."""
-    tensors = [t for t in run.scheme.state_dict().values() if t.is_floating_point()]
+    tensors = [t for t in run.scheme.state_dict().values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point()]  # extra state may be anything
     if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         from .trainer import NonFiniteLossError
         raise NonFiniteLossError(
