@@ -12,7 +12,8 @@ step after a warm-up, each phase of the engine's step with a device sync around 
   telemetry   the on-device bookkeeping of ``Run._train_step`` (accuracy, stacked terms,
               first-non-finite step, running sums): no host read
 
-These mirror ``Offline.step`` and ``Run._train_step`` piece by piece. Then, without per-phase
+These mirror ``Offline.step`` and ``Run._train_step`` piece by piece. Times are this process's CPU
+time on the CPU (other processes sharing the cores do not count) and wall-clock time on a GPU. Then, without per-phase
 syncs: the real ``Run._train_step`` (the engine's step as it runs), the hand-written step of
 ``benchmarks/overhead.py``, and the lower bound: the teacher's plain forward (no hooks, no_grad)
 timed alone plus the student's plain forward + backward (cross-entropy only) timed alone.
@@ -43,12 +44,17 @@ from workbench.methods.logit.kd import kd_loss  # noqa: E402
 PHASES = ("data", "teacher", "student", "loss", "backward", "optimiser", "telemetry")
 
 
+def clock(device):
+    """This process's CPU time on the CPU (robust on a shared machine), wall-clock time on a GPU."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
 def timed(device, fn):
     harness.sync(device)
-    start = time.perf_counter()
+    start = clock(device)
     out = fn()
     harness.sync(device)
-    return out, time.perf_counter() - start
+    return out, clock(device) - start
 
 
 def main(argv=None) -> None:
@@ -128,11 +134,11 @@ def main(argv=None) -> None:
         for _ in range(args.warmup):
             fn()
         harness.sync(device)
-        start = time.perf_counter()
+        start = clock(device)
         for _ in range(reps):
             fn()
         harness.sync(device)
-        return (time.perf_counter() - start) / reps * 1e3
+        return (clock(device) - start) / reps * 1e3
 
     def engine_step():
         run._train_step(next(stream))

@@ -128,7 +128,9 @@ class Dashboard(widgets.VBox, Callback):
 
         children = [widgets.HBox([self.pause_button, self.resume_button, self.stop_button, self.status]),
                     widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
-                    widgets.HBox([boxed(self.loss_fig), boxed(self.accuracy_fig)])]
+                    # plotly 7 FigureWidgets keep their first width (700 px): wrap, do not clip
+                    widgets.HBox([boxed(self.loss_fig), boxed(self.accuracy_fig)],
+                                 layout=widgets.Layout(flex_flow="row wrap"))]
         if self.views:
             children.append(widgets.Tab(children=list(self.views.values()), titles=list(self.views)))
         super().__init__(children)

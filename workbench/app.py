@@ -16,6 +16,7 @@ read it.
 """
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import secrets
@@ -96,11 +97,19 @@ def plan(notebook: str | os.PathLike | None = None, host: str = DEFAULT_HOST,
         raise ValueError(f"{path} is not a notebook (.ipynb)")
     if not 0 < port < 65536:
         raise ValueError(f"--port {port} is not valid; use 1..65535")
+    if importlib.util.find_spec("voila") is None:
+        raise ValueError("app mode needs Voila, which is not installed: pip install voila "
+                         "(or pip install -e '.[dev]')")
     token = resolve_token(host, token)
     command = [sys.executable, "-m", "voila", str(path.resolve()),
                f"--Voila.ip={host}", f"--port={port}",
                "--Voila.port_retries=0",   # a busy port is an error, not a silently different URL
-               "--no-browser"]             # Voila would open the page without the token
+               "--no-browser",             # Voila would open the page without the token
+               # Show each cell's outputs as it runs. The widgets then exist in the page while the
+               # notebook updates them (plotly FigureWidgets do not keep updates made before a
+               # page shows them), and they load a few at a time (each plotly FigureWidget loads
+               # a 5 MB script, and anywidget gives up on a widget after 2 s).
+               "--progressive_rendering=True"]
     env = dict(os.environ if base_env is None else base_env)
     env.pop("JUPYTER_TOKEN", None)
     if token:

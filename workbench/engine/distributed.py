@@ -208,7 +208,8 @@ def batches(run: "Run", split: Split, generator: torch.Generator) -> Iterator[Ba
         if settings.pin_memory:
             batch = Batch(batch.x.pin_memory(), batch.y.pin_memory(), index,
                           {k: v.pin_memory() for k, v in batch.extras.items()})
-        batch = batch.to(settings.device, non_blocking=True)
+        if batch.x.device != settings.device:
+            batch = batch.to(settings.device, non_blocking=True)
         if settings.channels_last and batch.x.dim() == 4:
             batch.x = batch.x.contiguous(memory_format=torch.channels_last)
         yield batch

@@ -87,8 +87,10 @@ class Offline(Scheme):
         return self.cache.outputs(batch, self.teacher, super().teacher_outputs, epoch=self.run.epoch)
 
     def step(self, batch):
-        student = self.student_taps(batch.x)
+        # the teacher first: its forward's working memory is freed before the student's forward
+        # starts keeping activations for the backward (the other order adds it to the peak)
         teacher = self.teacher_outputs(batch)
+        student = self.student_taps(batch.x)
         ce = F.cross_entropy(student.logits, batch.y, label_smoothing=self.label_smoothing)
         distill, terms = self.method_terms(student, teacher, batch)
         return self.run.active_task_weight * ce + distill, {"ce": ce, **terms}, student.logits
