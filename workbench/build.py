@@ -15,7 +15,7 @@ from .engine.trainer import Run
 
 _RUN_FIELDS = ("task_weight", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "grad_clip", "schedule", "seed", "device", "amp", "log_every", "eval_every",
-               "checkpoint_every")
+               "checkpoint_every", "channels_last", "compile")
 
 
 def build_model(spec: dict[str, Any], data: datasets.DataBundle, seed: int):

@@ -87,10 +87,12 @@ class Method(nn.Module):
         rule = type(self).constraints.get(key)
         if rule is not None:
             value = check_hparam(type(self).__name__, key, value, rule)
-            with self._lock:  # the live flag is read and flipped under the same lock
+            with self._lock:  # the live flag is read and flipped, and the value set, under one lock
                 if self._live:
                     self._pending[key] = value
-                    return
+                else:
+                    super().__setattr__(key, value)
+            return
         super().__setattr__(key, value)
 
     def set_live(self, live: bool) -> None:
