@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.data import digits, shapes, torchvision_sets  # noqa: F401  (registers the loaders)
+from workbench.data import sbm  # noqa: F401  (registers the graph loader)
 from workbench.data.bundle import Batch, DataBundle, Split
 from workbench.data.common import DatasetUnavailableError, check_kwargs
+from workbench.data.sealed import SealedSplit, TrainingDataAccessError, seal_training_data
 from workbench.registry import DATASETS
 
-__all__ = ["load", "names", "DataBundle", "Split", "Batch", "DatasetUnavailableError"]
+__all__ = ["load", "names", "DataBundle", "Split", "Batch", "DatasetUnavailableError",
+           "SealedSplit", "TrainingDataAccessError", "seal_training_data"]
 
 
 def load(name: str, **kwargs: Any) -> DataBundle:

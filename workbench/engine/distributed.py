@@ -145,7 +145,11 @@ def setup(run: "Run") -> Settings:
             run.callbacks = [c for c in run.callbacks if not isinstance(c, ProgressBar)]
     train = run.data.train
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    settings = resolve_settings(run.config, device, tuple(train.x.shape[1:]), split_bytes(train), free)
+    reads = run.scheme.reads_training_data  # a data-free scheme's split is sealed: never copy it
+    settings = resolve_settings(run.config, device, tuple(run.data.input_shape),
+                                split_bytes(train) if reads else 0, free)
+    if not reads:
+        settings.data_on_device = False
     settings.rank, settings.world = rank, world_size
     if settings.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True

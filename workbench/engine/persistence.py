@@ -68,7 +68,7 @@ class Persistence:
                   "training again instead of reusing it")
             return False
         # connectors are built from a first batch's shapes: build them, then load every weight
-        first = self.data.train.batch(torch.arange(min(self.config.batch_size, len(self.data.train))))
+        first = self.scheme.first_batch(self.config.batch_size)
         self.scheme.to(self.device)
         self.scheme.prepare(first.to(self.device))
         self.scheme.close()

@@ -93,10 +93,10 @@ class Run(Persistence):
             if config.batch_size < least:
                 raise ValueError(f"method {name!r} needs batches of at least {least} samples, got "
                                  f"batch_size={config.batch_size}; use batch_size >= {least}")
-        _check_compatible(student, teacher, data)
         if scheme is None:
             from ..schemes.offline import Offline
             scheme = Offline()
+        _check_compatible(student, teacher, data, scheme)
         self.scheme = scheme
         scheme.attach(self)  # freezes an offline teacher; checks every method's taps
 
@@ -195,7 +195,7 @@ class Run(Persistence):
         if self.teacher is not None:
             self.teacher.to(self.device)
         self.scheme.to(self.device)
-        first = self.data.train.batch(torch.arange(min(self.config.batch_size, len(self.data.train))))
+        first = self.scheme.first_batch(self.config.batch_size)
         self.scheme.prepare(first.to(self.device))
         self.scheme.to(self.device)  # connectors built from the first batch
         self._params = list(self.scheme.parameters())
@@ -208,7 +208,7 @@ class Run(Persistence):
         self._step_fn = distributed.finish_setup(self)  # compile, rank 0's state on all ranks, DDP
 
     def _loop(self) -> None:
-        cfg, train = self.config, self.data.train
+        cfg = self.config
         self._telemetry: torch.Tensor | None = None  # (log_every, terms) rows on the device
         self._names: list[str] = []
         self._count = 0
@@ -217,7 +217,7 @@ class Run(Persistence):
         while self.epoch < cfg.epochs:
             self.scheme.train()
             order = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
-            for batch in distributed.batches(self, train, order):  # this rank's shard, on the device
+            for batch in self.scheme.batches(order):  # this rank's shard, on the device
                 if not self._running.is_set():
                     self._running.wait()
                 if self._stop.is_set():
@@ -319,8 +319,9 @@ class Run(Persistence):
                    "ece": probes.expected_calibration_error(logits, test.y)}
         if self.teacher is not None:
             if self._teacher_test_logits is None:  # the frozen teacher's answers never change
-                self._teacher_test_logits = torch.cat([self.teacher(b.x.to(self.device)).float().cpu()
-                                                       for b in test.batches(batch_size)])
+                self._teacher_test_logits = torch.cat(
+                    [self.teacher(self.scheme.teacher_input(b.to(self.device))).float().cpu()
+                     for b in test.batches(batch_size)])
             metrics["teacher_acc"] = probes.accuracy(self._teacher_test_logits, test.y)
             metrics["agreement"] = probes.agreement(logits, self._teacher_test_logits)
         metrics.update(self.scheme.extra_metrics(test, batch_size))
@@ -362,20 +363,24 @@ def _optimizer(config: RunConfig, params: list[nn.Parameter]) -> torch.optim.Opt
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _check_compatible(student: nn.Module, teacher: nn.Module | None, data: DataBundle) -> None:
+def _check_compatible(student: nn.Module, teacher: nn.Module | None, data: DataBundle,
+                      scheme: Scheme) -> None:
     """Catch model/data mismatches before training, with one clear message each."""
-    probe = data.train.x[:2]
+    # data-free schemes never read the training split: probe with test samples instead
+    split = data.train if scheme.reads_training_data else data.test
+    probe = split.batch(torch.arange(min(2, len(split))))
     for role, model in (("student", student), ("teacher", teacher)):
         if model is None:
             continue
         was_training = model.training
         model.eval()
+        inputs = probe.x if role == "student" else scheme.teacher_input(probe)
         try:
             with torch.no_grad():
-                logits = model(probe.to(next(model.parameters()).device))
+                logits = model(inputs.to(next(model.parameters()).device))
         except RuntimeError as error:
             raise ValueError(f"the {role} {type(model).__name__} cannot take {data.name} inputs of "
-                             f"shape {tuple(data.input_shape)}: {error}") from None
+                             f"shape {tuple(inputs.shape[1:])}: {error}") from None
         finally:
             model.train(was_training)
         if isinstance(logits, (tuple, list)):

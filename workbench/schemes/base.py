@@ -9,7 +9,7 @@ step) and ``close``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ class Scheme(nn.Module):
     uses_teacher: ClassVar[bool] = True
     #: the methods a run takes when ``wb.distill`` is given none: the paper's loss for the scheme
     default_methods: ClassVar[dict[str, dict[str, Any]]] = {"kd": {}}
+    #: does training read the training split? Data-free schemes make their own inputs and say no:
+    #: the run then never touches ``data.train`` beyond its length (``wb.data.seal_training_data``)
+    reads_training_data: ClassVar[bool] = True
 
     def attach(self, run: "Run") -> None:
         """Take the run's student and methods; check and resolve the methods' taps."""
@@ -52,6 +55,21 @@ class Scheme(nn.Module):
         self._recorders.append(recorder)
         return recorder
 
+    def first_batch(self, size: int) -> Batch:
+        """The batch whose shapes build the connectors: the first ``size`` training samples."""
+        train = self.run.data.train
+        return train.batch(torch.arange(min(size, len(train))))
+
+    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of training batches on the run's device (``generator`` draws the order)."""
+        from ..engine import distributed
+        return distributed.batches(self.run, self.run.data.train, generator)
+
+    def teacher_input(self, batch: Batch) -> torch.Tensor:
+        """What the teacher sees of a batch: its inputs, unless the teacher reads another
+        modality of the same samples (cross-modal distillation)."""
+        return batch.x
+
     def prepare(self, first: Batch) -> None:
         """Create tap recorders and let methods build connectors from a first batch's shapes."""
         self.student_taps = self.recorder(self.student, [t for m in self.methods.values() for t in m.student_taps])
@@ -66,7 +84,7 @@ class Scheme(nn.Module):
         if self.teacher_taps is None:
             return None
         with torch.no_grad():
-            return self.teacher_taps(batch.x)
+            return self.teacher_taps(self.teacher_input(batch))
 
     def method_terms(self, student: Outputs, teacher: Outputs | None, batch: Batch,
                      prefix: str = "") -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
