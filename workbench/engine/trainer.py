@@ -204,14 +204,16 @@ class Run(Persistence):
         schedule = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
             if self.config.schedule == "cosine" else (lambda s: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self._autocast = self.config.amp and self.device.type == "cuda"  # bf16 on GPUs only
         self._open_store_run()
         self._step_fn = distributed.finish_setup(self)  # compile, rank 0's state on all ranks, DDP
 
     def _loop(self) -> None:
         cfg = self.config
-        self._telemetry: torch.Tensor | None = None  # (log_every, terms) rows on the device
+        # one row per step: (loss, each term, correct predictions) as 0-d tensors on the device,
+        # stacked, summed and checked for non-finite values at the next read
+        self._pending_rows: list[tuple[torch.Tensor, ...]] = []
         self._names: list[str] = []
-        self._count = 0
         for method in self.methods.values():
             method.set_live(True)
         while self.epoch < cfg.epochs:
@@ -231,7 +233,7 @@ class Run(Persistence):
             last = self.epoch == cfg.epochs
             evaluate = last or self.epoch % cfg.eval_every == 0
             checkpoint = last or self.epoch % cfg.checkpoint_every == 0
-            if self._count and (evaluate or checkpoint):
+            if self._pending_rows and (evaluate or checkpoint):
                 self._read_telemetry()  # also the non-finite check: never save a NaN checkpoint
             if evaluate:
                 self.evaluate()
@@ -251,9 +253,10 @@ class Run(Persistence):
             self._log_rows({f"live.{key}": value for key, value in changes.items()})
 
     def _train_step(self, batch: Batch) -> None:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                  enabled=self.config.amp and self.device.type == "cuda")
-        with autocast:
+        if self._autocast:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, terms, logits = self._step_fn(batch)
+        else:
             loss, terms, logits = self._step_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -261,22 +264,26 @@ class Run(Persistence):
             torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        correct = (logits.detach().argmax(1) == batch.y).sum()
-        parts = [loss.detach().float(), *(v.detach().float() for v in terms.values()), correct.float()]
-        if self._telemetry is None:
+        if not self._names:
             self._names = ["loss", *terms, "train_acc"]
-            self._telemetry = parts[0].new_zeros((self.config.log_every, len(parts)))
-        if self._count == len(self._telemetry):  # more steps than log_every between two reads
-            self._telemetry = torch.cat([self._telemetry, torch.zeros_like(self._telemetry)])
-        # one row per step, written on the device in one op; sums and the non-finite check wait
-        # for the next read (so the first step at which each term went bad is still known)
-        torch.stack(parts, out=self._telemetry[self._count])
-        self._count += 1
+        # one device op (the predictions; an argmax keeps no graph): the row is compared,
+        # stacked and checked at the next read, so the first step at which each term went bad
+        # is still known then, and nothing here waits for the device
+        self._pending_rows.append((loss.detach(), *(v.detach() for v in terms.values()),
+                                   logits.argmax(1), batch.y))
 
     def _read_telemetry(self) -> dict[str, float]:
         """One host read of the rows since the last read; raise on a non-finite term."""
-        count = self._count
-        rows = self._telemetry[:count]
+        pending, self._pending_rows = self._pending_rows, []
+        count = len(pending)
+        # one stack for all terms (bf16 terms promote); the correct predictions of every step in
+        # one comparison, summed per step (batches may differ in size: shapes are known here)
+        terms = torch.stack([value for row in pending for value in row[:-2]]).float().view(count, -1)
+        hits = (torch.cat([row[-2] for row in pending]) == torch.cat([row[-1] for row in pending])).float()
+        sizes = torch.tensor([len(row[-1]) for row in pending], device=hits.device)
+        step_of = torch.repeat_interleave(torch.arange(count, device=hits.device), sizes)
+        correct = hits.new_zeros(count).index_add_(0, step_of, hits)
+        rows = torch.cat([terms, correct[:, None]], dim=1)  # (count, terms + 1)
         distributed.all_reduce_telemetry(self, rows)  # averaged over ranks under torchrun
         finite = torch.isfinite(rows)
         first_row = torch.where(finite.all(0), -1.0, (~finite).float().argmax(0).float())
@@ -295,7 +302,6 @@ class Run(Persistence):
         row = {name: value / count for name, value in zip(self._names, sums)}
         row["train_acc"] = sums[-1] / (count * self.config.batch_size)
         row.update(step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"])
-        self._count = 0
         self.history.append(row)
         self._log_rows(row)
         return row
