@@ -67,8 +67,8 @@ def _hover(node: SurveyNode) -> str:
     if node.methods:
         lines.append("methods: " + ", ".join(node.methods))
         lines += [f"· {paper}" for paper in node.papers]
-    elif not node.planned:
-        lines.append("available as a training scheme")
+    if node.schemes:
+        lines.append("schemes: " + ", ".join(node.schemes))
     if node.notebooks:
         lines.append("notebook: " + ", ".join(node.notebooks))
     return "<br>".join(lines)

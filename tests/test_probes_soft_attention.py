@@ -145,3 +145,13 @@ def test_survey_tree_marks_planned_and_other():
     assert nodes["KD survey"].implemented == 3
     leaves = sum(len(sections) for _, sections in CHAPTERS.values()) + 1
     assert nodes["KD survey"].sections == leaves
+
+
+def test_survey_tree_places_schemes_by_their_category():
+    from workbench.registry import SCHEMES
+    nodes = {n.id: n for n in survey_tree()}
+    for entry in SCHEMES:
+        placed = [n.id for n in nodes.values() if entry.name in n.schemes]
+        assert len(placed) == 1, (entry.name, placed)
+        assert placed[0].endswith("/" + normalise_category(entry.meta["category"])), (entry.name, placed)
+    assert not nodes["schemes/online"].planned and "dml" in nodes["schemes/online"].schemes

@@ -2,7 +2,8 @@
 
 Chapters and sections follow "A Comprehensive Survey on Knowledge Distillation" (Mansourian et al.,
 TMLR 2025, arXiv 2503.12067; see ``TAXONOMY.md``). A registered method belongs to the section named
-by its ``category`` metadata; a scheme section is implemented when the trainer offers the scheme.
+by its ``category`` metadata, and so does a registered scheme (``dml`` to "online", ``dafl`` to
+"adversarial", ``cross_modal`` to "cross-modal").
 Categories that are in no section of the survey's map are listed under "Other", so every registered
 method shows up.
 """
@@ -48,6 +49,7 @@ class SurveyNode:
     implemented: int = 0             # registered methods (or offered schemes) under this node
     sections: int = 0                # leaves under this node (1 for a leaf)
     methods: list[str] = field(default_factory=list)
+    schemes: list[str] = field(default_factory=list)  # registered schemes of this section
     papers: list[str] = field(default_factory=list)
     notebooks: list[str] = field(default_factory=list)
 
@@ -67,10 +69,14 @@ def survey_tree(methods: Registry = METHODS, schemes: Iterable[str] | None = Non
     ``schemes``: the schemes the trainer offers (default: those registered in
     ``workbench.registry.SCHEMES``).
     """
+    from ..schemes import SCHEMES  # importing the package registers every scheme
     if schemes is None:
-        from ..schemes import SCHEMES  # importing the package registers every scheme
         schemes = SCHEMES.names()
-    schemes = {normalise_category(s) for s in schemes}
+    registered = set(SCHEMES.names())
+    schemes_by_category: dict[str, list[str]] = {}  # a name that is no registered scheme is a category
+    for name in schemes:
+        category = SCHEMES.get(name).meta.get("category", name) if name in registered else name
+        schemes_by_category.setdefault(normalise_category(category), []).append(name)
     by_category: dict[str, list] = {}
     for entry in methods:
         category = normalise_category(entry.meta.get("category", "uncategorised"))
@@ -88,9 +94,10 @@ def survey_tree(methods: Registry = METHODS, schemes: Iterable[str] | None = Non
         nodes.append(head)
         for key, (label, notebook) in sections.items():
             entries = by_category.get(key, [])
+            offered = sorted(schemes_by_category.get(key, []))
             leaf = SurveyNode(f"{chapter}/{key}", chapter, label, key, sections=1,
-                              implemented=len(entries) + (chapter == "schemes" and key in schemes),
-                              methods=[e.name for e in entries],
+                              implemented=len(entries) + len(offered),
+                              methods=[e.name for e in entries], schemes=offered,
                               papers=[_cite(e.meta) for e in entries],
                               notebooks=sorted({e.meta.get("notebook") or notebook for e in entries}
                                                or ({notebook} if notebook else set())))
