@@ -21,7 +21,7 @@ from torch import nn
 
 from workbench.registry import MODELS
 
-from . import mlp_cnn, mobilenetv2, resnet, shufflenetv2, vgg, vit, wrn  # noqa: F401  (registers)
+from . import gnn, mlp_cnn, mobilenetv2, resnet, shufflenetv2, vgg, vit, wrn  # noqa: F401  (registers)
 from . import torchvision_wrap
 from .summary import ModelSummary, summary
 
