@@ -8,7 +8,7 @@
     run = wb.distill(student, teacher, data, methods={"kd": {"temperature": 4}}, epochs=10)
     run.fit()                      # or run.start() to train in the background
 """
-from . import data, methods, models, probes, store
+from . import adaptive, data, methods, models, probes, robust, store
 from .api import distill, fingerprint, train
 from .engine import Callback, Run, RunConfig
 from .registry import DATASETS, METHODS, MODELS, UnknownNameError
