@@ -11,6 +11,7 @@ from . import models
 from .api import build_methods, distill, train
 from .engine.config import RunConfig
 from .registry import SCHEMES
+from .schemes import build_scheme
 from .engine.trainer import Run
 
 _RUN_FIELDS = ("task_weight", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
@@ -42,6 +43,7 @@ def run_from_config(config: RunConfig, *, teacher_epochs: int | None = None, pro
         return distill(student, None, data, methods, scheme=config.scheme, scheme_args=config.scheme_args,
                        progress=progress, reuse=reuse, **options)
     teacher_args = {k: v for k, v in config.dataset_args.items() if k != "n_train"}
+    teacher_args = build_scheme(config.scheme, **config.scheme_args).teacher_load_args(teacher_args)
     teacher_data = datasets.load(config.dataset, **teacher_args)
     teacher = build_model(config.teacher, teacher_data, config.seed + 1)
     # the distillation run's own checks (shapes, classes, taps, batch size) before the teacher

@@ -193,7 +193,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method-arg", action="append", metavar="METHOD.PARAM=VALUE")
     p.add_argument("--task-weight", type=float, help="weight of the hard-label cross-entropy")
     p.add_argument("--scheme", default="offline",
-                   help="who teaches whom: offline (default), dml, one, kdcl, byot, ban, pskd, tfkd, cskd")
+                   help="who teaches whom: " + ", ".join(
+                       f"{name} (default)" if name == "offline" else name for name in _scheme_names()))
     p.add_argument("--scheme-arg", action="append", metavar="NAME=VALUE", help="scheme argument, e.g. peers=3")
     _common(p)
     p.set_defaults(func=cmd_distill)
@@ -239,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kdwb: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _scheme_names() -> list[str]:
+    from .schemes import SCHEMES  # importing the package registers every scheme
+    return SCHEMES.names()
 
 
 if __name__ == "__main__":

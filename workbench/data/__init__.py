@@ -12,6 +12,7 @@ from typing import Any
 
 from workbench.data import digits, shapes, torchvision_sets  # noqa: F401  (registers the loaders)
 from workbench.data import sbm  # noqa: F401  (registers the graph loader)
+from workbench.data import shapes_paired  # noqa: F401  (registers the paired-modality loader)
 from workbench.data.bundle import Batch, DataBundle, Split
 from workbench.data.common import DatasetUnavailableError, check_kwargs
 from workbench.data.sealed import SealedSplit, TrainingDataAccessError, seal_training_data

@@ -70,6 +70,12 @@ class Scheme(nn.Module):
         modality of the same samples (cross-modal distillation)."""
         return batch.x
 
+    def teacher_load_args(self, load_args: dict[str, Any]) -> dict[str, Any]:
+        """The data-set arguments a teacher for this scheme trains on, given the student's (for
+        runs built from a config, whose teacher is trained first): the same, unless the teacher
+        reads another modality (cross-modal)."""
+        return dict(load_args)
+
     def prepare(self, first: Batch) -> None:
         """Create tap recorders and let methods build connectors from a first batch's shapes."""
         self.student_taps = self.recorder(self.student, [t for m in self.methods.values() for t in m.student_taps])
