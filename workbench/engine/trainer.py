@@ -225,7 +225,7 @@ class Run(Persistence):
                 if self._stop.is_set():
                     return
                 self._apply_pending()
-                self._train_step(batch.to(self.device, non_blocking=True))
+                self._train_step(batch)
                 self.step += 1
                 metrics = self._read_telemetry() if self.step % cfg.log_every == 0 else None
                 self._emit("step_end", metrics)

@@ -105,8 +105,11 @@ class Method(nn.Module):
 
     def apply_pending(self) -> dict[str, Any]:
         """Apply queued hyper-parameter changes; return what changed."""
+        if not self._pending:  # every step: no lock and no Module.__setattr__ when nothing waits
+            return {}          # (a change queued meanwhile is applied at the next boundary)
         with self._lock:
-            changes, self._pending = self._pending, {}
+            changes = self._pending
+            object.__setattr__(self, "_pending", {})
         for key, value in changes.items():
             object.__setattr__(self, key, value)
         return changes
