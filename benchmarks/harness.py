@@ -27,10 +27,12 @@ workbench's defaults, applied by hand to the others), cuDNN autotuning on, data 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over a run minus what was allocated
 before it (the shared teacher's weights), max over rounds. On the CPU, one fresh subprocess per
 variant: the peak resident set (VmHWM, reset through /proc/self/clear_refs just before the run)
-minus the resident set then, i.e. what the run added on top of the loaded data and models; each
-probe first runs one teacher forward and one student forward+backward+SGD step (the same for every
-variant, so one-time library set-up is not counted) and sets MALLOC_MMAP_THRESHOLD_=65536 (tensors of 64 KiB
-and more are unmapped when freed, so the resident set follows live memory).
+minus the resident set then, i.e. what the run added on top of the loaded data and models. Each
+probe first runs one teacher forward and one student forward+backward+SGD step, then the variant
+once (its growth is recorded as ``first_run_growth_mb``: it includes one-time set-up such as the
+first call of each operator), then the variant three more times: ``peak_growth_mb`` is the median
+of those three, the memory the training itself holds. MALLOC_MMAP_THRESHOLD_=65536 (tensors of
+64 KiB and more are unmapped when freed, so the resident set follows live memory).
 
     python benchmarks/harness.py                               # the three default pairs, CPU-sized
     python benchmarks/harness.py --pairs resnet --rounds 5     # one pair
@@ -285,10 +287,13 @@ def probe(args) -> None:
     # the first run of a variant also pays for one-time set-up of the code paths it uses (the
     # first call of each operator, lazily imported modules): recorded, but the target compares
     # the second run, whose growth is the memory that training itself holds
+    # the growth of a small run is a few heap blocks more or less: the median of three runs
     first_base, first_peak, _ = measured_run()
-    base, peak, seconds = measured_run()
+    runs = [measured_run() for _ in range(3)]
+    growths = [(peak - base) / 1024 for base, peak, _ in runs]
+    base, peak, seconds = runs[growths.index(statistics.median(growths))]
     print(json.dumps({"variant": args.probe, "rss_before_mb": base / 1024, "rss_peak_mb": peak / 1024,
-                      "peak_growth_mb": (peak - base) / 1024,
+                      "peak_growth_mb": statistics.median(growths), "growths_mb": growths,
                       "first_run_growth_mb": (first_peak - first_base) / 1024,
                       "method": method, "seconds": seconds}))
 

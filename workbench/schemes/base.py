@@ -95,13 +95,14 @@ class Scheme(nn.Module):
     def method_terms(self, student: Outputs, teacher: Outputs | None, batch: Batch,
                      prefix: str = "") -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
         """Every method's terms on one (student, teacher) pair: (weighted sum, named terms)."""
-        total: torch.Tensor | float = 0.0
+        total: torch.Tensor | None = None  # not 0.0 + ...: that adds an op (and its backward)
         terms = {}
         for name, method in self.methods.items():
             for term, value in method(student, teacher, batch).items():
                 terms[f"{prefix}{name}.{term}"] = value
-                total = total + method.weight * value
-        return total, terms
+                weighted = method.weight * value
+                total = weighted if total is None else total + weighted
+        return (0.0 if total is None else total), terms
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """One step's loss: returns (loss, named terms, the logits whose accuracy is tracked)."""
