@@ -85,3 +85,12 @@ def test_methods_table_is_current():
         "docs/methods.md is stale: run `kdwb methods-table`"
     for name in NAMES:
         assert f"| `{name}` |" in methods_table()
+
+
+def test_methods_table_lists_every_scheme_with_its_arguments():
+    from workbench.registry import SCHEMES
+    table = methods_table()
+    for entry in SCHEMES:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{entry.name}` |"))
+        assert f"| {entry.meta['category']} |" in row
+    assert "epsilon=0.03137254901960784" in table  # ARD's budget, 8/255, from its signature
