@@ -29,7 +29,8 @@ def spatial_maps(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tens
     if attention_taps:
         out = forward(model, inputs, attention_taps)
         blocks = [out.attentions[t] for t in attention_taps]
-        raw = {t: cls_to_patches(attention_rollout(blocks[:i + 1])) for i, t in enumerate(attention_taps)}
+        prefix = getattr(model, "prefix_tokens", 1)  # tokens before the patches (DeiT: CLS + distillation)
+        raw = {t: cls_to_patches(attention_rollout(blocks[:i + 1]), prefix) for i, t in enumerate(attention_taps)}
     else:
         taps = (["stem"] if "stem" in declared_taps(model) else []) + expand_taps(model, ["@stages"])
         out = forward(model, inputs, taps)

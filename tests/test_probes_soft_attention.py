@@ -155,3 +155,24 @@ def test_survey_tree_places_schemes_by_their_category():
         assert len(placed) == 1, (entry.name, placed)
         assert placed[0].endswith("/" + normalise_category(entry.meta["category"])), (entry.name, placed)
     assert not nodes["schemes/online"].planned and "dml" in nodes["schemes/online"].schemes
+
+
+def test_cls_to_patches_skips_every_token_before_the_patches():
+    rollout = torch.zeros(6, 6)
+    rollout[0] = torch.tensor([0.5, 0.1, 0.1, 0.1, 0.1, 0.1])  # CLS, a second prefix token, 4 patches
+    assert cls_to_patches(rollout[1:, 1:]).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert torch.allclose(cls_to_patches(rollout, prefix_tokens=2), torch.full((2, 2), 0.1))
+    with pytest.raises(ValueError, match="5 patch tokens"):
+        cls_to_patches(rollout)                      # the second prefix token taken for a patch
+    with pytest.raises(ValueError, match="prefix_tokens=0"):
+        cls_to_patches(rollout, prefix_tokens=0)
+
+
+def test_attention_maps_of_a_deit_student_skip_its_distillation_token():
+    from kdviz.attention import spatial_maps
+    from workbench.methods.attention.deit import DistilledViT
+    import workbench as wb
+    torch.manual_seed(0)
+    vit = wb.models.build("vit_tiny", num_classes=10, in_channels=1, image_size=8, patch_size=2)
+    maps = spatial_maps(DistilledViT(vit).eval(), torch.randn(3, 1, 8, 8))
+    assert maps and all(tuple(m.shape) == (3, 8, 8) for m in maps.values())

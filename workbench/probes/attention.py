@@ -43,9 +43,14 @@ def attention_rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     return rollout
 
 
-def cls_to_patches(rollout: torch.Tensor) -> torch.Tensor:
-    """The CLS token's row over the patch tokens as a square grid: (..., 1 + n*n, 1 + n*n) -> (..., n, n)."""
-    patches = rollout[..., 0, 1:]                                         # (..., n*n)
+def cls_to_patches(rollout: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
+    """The CLS token's row over the patch tokens as a square grid: (..., p + n*n, p + n*n) -> (..., n, n).
+
+    ``prefix_tokens`` p: the tokens before the patches (1: CLS; 2: CLS and DeiT's distillation
+    token), so that they are not taken for patches."""
+    if prefix_tokens < 1:
+        raise ValueError(f"prefix_tokens={prefix_tokens!r}: the CLS token comes first, so it is at least 1")
+    patches = rollout[..., 0, prefix_tokens:]                             # (..., n*n)
     side = math.isqrt(patches.shape[-1])
     if side * side != patches.shape[-1]:
         raise ValueError(f"{patches.shape[-1]} patch tokens do not form a square grid")

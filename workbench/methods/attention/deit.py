@@ -81,6 +81,9 @@ class DistilledViT(nn.Module):
         self.attention_taps = {name: f"vit.{path}" for name, path in vit.attention_taps.items()}
         self.spec = {"name": "deit", "vit": dict(getattr(vit, "spec", {"name": type(vit).__name__}))}
 
+    #: tokens before the patches: CLS, then the distillation token (attention maps skip both)
+    prefix_tokens = 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.vit
         if tuple(x.shape[-2:]) != (vit.image_size, vit.image_size):
