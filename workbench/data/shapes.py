@@ -158,6 +158,17 @@ def _targets(labels: np.ndarray, masks: np.ndarray) -> dict[str, torch.Tensor]:
             "segmentation": torch.from_numpy(segmentation)}
 
 
+def check_scene_args(size, n_train, n_test, seed, noise, distractors) -> tuple:
+    """Validate the scene arguments shared by ``shapes`` and the loaders built on its scenes;
+    ``n_train=None`` means the default 2,000."""
+    return (check_int("size", size, 16, 128),
+            check_int("n_train", 2000 if n_train is None else n_train, low=1),
+            check_int("n_test", n_test, low=1),
+            check_int("seed", seed, low=0),
+            check_float("noise", noise, 0.0, 1.0),
+            check_int("distractors", distractors, 0, 10))
+
+
 @DATASETS.register("shapes", kind="embedded", modality="image",
                    description="procedural RGB shapes, 10 classes, with masks, boxes and segmentation")
 def shapes(size: int = 32, n_train: int | None = 2000, n_test: int = 500, seed: int = 0,
@@ -170,12 +181,8 @@ def shapes(size: int = 32, n_train: int | None = 2000, n_test: int = 500, seed: 
     the object's box as xyxy pixel edges (pixel i spans [i, i+1)); ``"segmentation"`` (N, H, W)
     int64, 0 for background and class index + 1 on the object.
     """
-    size = check_int("size", size, 16, 128)
-    n_train = check_int("n_train", 2000 if n_train is None else n_train, low=1)
-    n_test = check_int("n_test", n_test, low=1)
-    seed = check_int("seed", seed, low=0)
-    noise = check_float("noise", noise, 0.0, 1.0)
-    distractors = check_int("distractors", distractors, 0, 10)
+    size, n_train, n_test, seed, noise, distractors = check_scene_args(
+        size, n_train, n_test, seed, noise, distractors)
     splits = []
     for n, stream in ((n_train, 0), (n_test, 1)):
         images, labels, masks = render(n, size, noise, distractors, np.random.default_rng([seed, stream]))

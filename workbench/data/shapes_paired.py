@@ -42,7 +42,7 @@ import torch
 
 from workbench.data import shapes as _shapes
 from workbench.data.bundle import DataBundle, Split
-from workbench.data.common import check_float, check_int, image_bundle, normalise
+from workbench.data.common import check_int, image_bundle, normalise
 from workbench.registry import DATASETS
 
 #: modality -> channels
@@ -191,12 +191,8 @@ def shapes_paired(student_modality: str = "depth", teacher_modality: str = "rgb"
     """
     student_modality = check_modality("student_modality", student_modality)
     teacher_modality = check_modality("teacher_modality", teacher_modality)
-    size = check_int("size", size, 16, 128)
-    n_train = check_int("n_train", 2000 if n_train is None else n_train, low=1)
-    n_test = check_int("n_test", n_test, low=1)
-    seed = check_int("seed", seed, low=0)
-    noise = check_float("noise", noise, 0.0, 1.0)
-    distractors = check_int("distractors", distractors, 0, 10)
+    size, n_train, n_test, seed, noise, distractors = _shapes.check_scene_args(
+        size, n_train, n_test, seed, noise, distractors)
     label_seed = check_int("label_seed", label_seed, low=0)
     wanted = {student_modality, teacher_modality}
     splits = []
