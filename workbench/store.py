@@ -58,6 +58,23 @@ class StoreError(RuntimeError):
     """The run store could not be read or written (its transaction was rolled back)."""
 
 
+def _use_wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Put the store in WAL mode (readers never block the writer). The mode is kept in the file, so
+    this only writes once; switching needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy wait, when another process creates the store at the same
+    moment: then retry until ``wait`` seconds have passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class RunStore:
     """Runs, metrics and checkpoints in one SQLite file."""
 
@@ -94,7 +111,7 @@ class RunStore:
             raise StoreError(f"cannot open the run store at {self.path}: {error}") from error
         conn.row_factory = sqlite3.Row
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA foreign_keys=ON")
             with conn:  # one transaction: committed on success, rolled back on error
                 yield conn
