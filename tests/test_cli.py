@@ -16,6 +16,12 @@ def test_list_shows_methods_with_their_survey_category(capsys):
     assert any(line.split()[:2] == ["kd", "logit"] for line in out.splitlines())
 
 
+def test_list_shows_schemes_with_their_survey_category(capsys):
+    assert main(["list", "schemes"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert ["dafl", "adversarial"] in rows and ["dml", "online"] in rows and ["cross_modal", "cross_modal"] in rows
+
+
 def test_train_then_distill_then_compare_runs(capsys):
     assert main(["train", "--model", "cnn", "--model-arg", "width=4", *TINY]) == 0
     assert "test_acc" in capsys.readouterr().out

@@ -83,7 +83,8 @@ def _print_result(run) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from .registry import DATASETS, METHODS, MODELS
-    kinds = {"methods": METHODS, "models": MODELS, "datasets": DATASETS}
+    from .schemes import SCHEMES  # importing the package registers every scheme
+    kinds = {"methods": METHODS, "schemes": SCHEMES, "models": MODELS, "datasets": DATASETS}
     for kind in ([args.what] if args.what else list(kinds)):
         print(f"{kind}:")
         for entry in kinds[kind]:
@@ -172,8 +173,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdwb", description="KD Workbench: knowledge distillation, live.")
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="registered methods, models and data sets")
-    p.add_argument("what", nargs="?", choices=["methods", "models", "datasets"])
+    p = sub.add_parser("list", help="registered methods, schemes, models and data sets")
+    p.add_argument("what", nargs="?", choices=["methods", "schemes", "models", "datasets"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train a model (a teacher) on labels alone")
