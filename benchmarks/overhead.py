@@ -37,6 +37,19 @@ def build(spec, data, seed):
     return wb.models.build(spec[0], num_classes=data.num_classes, in_channels=data.in_channels, **spec[1])
 
 
+def hand_step(teacher, student, optimizer, x, y, amp: bool = False) -> None:
+    """One step of the minimal loop: teacher forward under no_grad, student forward, CE + KD,
+    backward, optimiser step (bf16 autocast on CUDA when ``amp``)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        logits = student(x)
+        loss = TASK_WEIGHT * F.cross_entropy(logits, y) + SOFT_WEIGHT * kd_loss(logits, teacher_logits, TEMPERATURE)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def hand_loop(student, teacher, data, batch_size, epochs, seed, device="cpu", amp=False,
               channels_last=False, on_epoch_end=None):
     """The minimal loop: teacher forward under no_grad, student forward+backward, KD, SGD step.
@@ -63,15 +76,7 @@ def hand_loop(student, teacher, data, batch_size, epochs, seed, device="cpu", am
         order = order.to(device)
         for start in range(0, len(order) - len(order) % batch_size, batch_size):
             index = order[start:start + batch_size]
-            x, y = inputs[index], labels[index]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                logits = student(x)
-                loss = TASK_WEIGHT * F.cross_entropy(logits, y) + SOFT_WEIGHT * kd_loss(logits, teacher_logits, TEMPERATURE)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            hand_step(teacher, student, optimizer, inputs[index], labels[index], amp and device.type == "cuda")
             scheduler.step()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)

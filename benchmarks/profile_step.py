@@ -37,9 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from overhead import SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE  # noqa: E402
+from overhead import SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, hand_step  # noqa: E402
 from workbench.engine import distributed  # noqa: E402
-from workbench.methods.logit.kd import kd_loss  # noqa: E402
 
 PHASES = ("data", "teacher", "student", "loss", "backward", "optimiser", "telemetry")
 
@@ -81,7 +80,7 @@ def main(argv=None) -> None:
                      store=None, progress=False)
     run._prepare()
     run.scheme.train()
-    run._telemetry, run._names, run._count = None, [], 0  # as Run._loop starts them
+    run._start_telemetry()  # as Run._loop does
     scheme, settings = run.scheme, run.settings
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.amp)  # noqa: E731
 
@@ -93,7 +92,6 @@ def main(argv=None) -> None:
 
     stream = batches()
     phases = {p: [] for p in PHASES}
-    state: dict = {}
     for i in range(args.warmup + steps):
         t = {}
         batch, t["data"] = timed(device, lambda: next(stream))
@@ -117,12 +115,10 @@ def main(argv=None) -> None:
             run.scheduler.step()
         _, t["optimiser"] = timed(device, optimise)
 
-        def telemetry():  # as Run._train_step, after the optimiser: one row of the device buffer
-            correct = (student_out.logits.detach().argmax(1) == batch.y).sum()
-            parts = [loss.detach().float(), *(v.detach().float() for v in terms.values()), correct.float()]
-            if not state:
-                state["rows"] = parts[0].new_zeros((run.config.log_every, len(parts)))
-            torch.stack(parts, out=state["rows"][i % run.config.log_every])
+        def telemetry():  # as Run._train_step, after the optimiser; the read is not a step's
+            run._record_telemetry(loss, terms, student_out.logits, batch)
+            if len(run._pending_rows) == run.config.log_every:
+                run._start_telemetry()
         _, t["telemetry"] = timed(device, telemetry)
         if i >= args.warmup:
             for p in PHASES:
@@ -142,6 +138,8 @@ def main(argv=None) -> None:
 
     def engine_step():
         run._train_step(next(stream))
+        if len(run._pending_rows) == run.config.log_every:
+            run._start_telemetry()
     engine_ms = per_step(engine_step, steps)
 
     # plain models, no hooks: the lower bound's two parts, and the hand-written step
@@ -164,18 +162,8 @@ def main(argv=None) -> None:
         plain_student.zero_grad(set_to_none=True)
         loss.backward()
 
-    def hand_step():
-        with autocast():
-            with torch.no_grad():
-                t_logits = plain_teacher(x)
-            logits = plain_student(x)
-            loss = TASK_WEIGHT * F.cross_entropy(logits, y) + SOFT_WEIGHT * kd_loss(logits, t_logits, TEMPERATURE)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     teacher_ms, student_ms = per_step(teacher_alone, steps), per_step(student_alone, steps)
-    hand_ms = per_step(hand_step, steps)
+    hand_ms = per_step(lambda: hand_step(plain_teacher, plain_student, optimizer, x, y, settings.amp), steps)
     run._finish()
     result = {
         "benchmark": "profile_step", "pair": args.pair, "batch_size": batch_size, "steps": steps,

@@ -4,10 +4,11 @@
     python benchmarks/step_ab.py --pair cnn --repeats 300
 
 One process, one pair of models, one fixed batch: each repeat times the hand-written KD step
-(teacher forward under ``no_grad``, student forward, CE + KD, backward, SGD and scheduler steps)
-and the engine's ``Run._train_step``, in alternating order, (scheme step with taps and methods, the same backward and
-optimiser, telemetry), CPU time of this process. The medians isolate what the engine adds to a
-step from what the harness's whole runs also see (data, model construction, run-to-run noise).
+(``overhead.hand_step``: teacher forward under ``no_grad``, student forward, CE + KD, backward,
+SGD and scheduler steps) and the engine's ``Run._train_step`` (scheme step with taps and methods,
+the same backward and optimiser, telemetry), in alternating order, in CPU time of this process.
+The medians isolate what the engine adds to a step from what the harness's whole runs also see
+(data, model construction, run-to-run noise).
 Results: ``benchmarks/results/step_ab_<pair>_cpu.json``.
 """
 from __future__ import annotations
@@ -24,11 +25,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import workbench as wb  # noqa: E402
 from harness import LR, PAIRS, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, build, load_data, machine  # noqa: E402
-from workbench.methods.logit.kd import kd_loss  # noqa: E402
+from overhead import hand_step  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -47,33 +47,28 @@ def main(argv=None) -> dict:
                      task_weight=TASK_WEIGHT, lr=LR, epochs=2, batch_size=batch_size, store=None,
                      progress=False, device="cpu")
     run._prepare()  # what fit() does before its loop: connectors, optimiser, device settings
-    run._pending_rows, run._names = [], []
+    run._start_telemetry()
     batch = data.train.batch(torch.arange(batch_size))
 
-    def hand_step() -> None:
-        with torch.no_grad():
-            teacher_logits = teacher(batch.x)
-        logits = student(batch.x)
-        loss = TASK_WEIGHT * F.cross_entropy(logits, batch.y) + SOFT_WEIGHT * kd_loss(logits, teacher_logits, TEMPERATURE)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
+    def hand() -> None:
+        hand_step(teacher, student, run.optimizer, batch.x, batch.y)
         run.scheduler.step()
 
     def engine_step() -> None:
         run._train_step(batch)
-        run._pending_rows.clear()  # the telemetry read is not part of a step
+        run._start_telemetry()  # the telemetry read is not part of a step
 
-    times = {hand_step: [], engine_step: []}
+    times = {hand: [], engine_step: []}
     for repeat in range(args.repeats):
         # the order alternates too: the second of two steps finds caches warmed by the first
-        for step in (hand_step, engine_step) if repeat % 2 == 0 else (engine_step, hand_step):
+        for step in (hand, engine_step) if repeat % 2 == 0 else (engine_step, hand):
             started = time.process_time()
             step()
             times[step].append(time.process_time() - started)
-    hand, engine = times[hand_step], times[engine_step]
+    hand_times, engine_times = times[hand], times[engine_step]
     result = {"benchmark": "step_ab", "pair": args.pair, "batch_size": batch_size, "repeats": args.repeats,
-              "hand_step_ms": statistics.median(hand) * 1e3, "engine_step_ms": statistics.median(engine) * 1e3,
+              "hand_step_ms": statistics.median(hand_times) * 1e3,
+              "engine_step_ms": statistics.median(engine_times) * 1e3,
               "machine": machine(torch.device("cpu"))}
     result["engine_vs_hand"] = result["engine_step_ms"] / result["hand_step_ms"]
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"step_ab_{args.pair}_cpu.json")

@@ -210,10 +210,7 @@ class Run(Persistence):
 
     def _loop(self) -> None:
         cfg = self.config
-        # one row per step: (loss, each term, correct predictions) as 0-d tensors on the device,
-        # stacked, summed and checked for non-finite values at the next read
-        self._pending_rows: list[tuple[torch.Tensor, ...]] = []
-        self._names: list[str] = []
+        self._start_telemetry()
         for method in self.methods.values():
             method.set_live(True)
         while self.epoch < cfg.epochs:
@@ -264,6 +261,16 @@ class Run(Persistence):
             torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        self._record_telemetry(loss, terms, logits, batch)
+
+    def _start_telemetry(self) -> None:
+        """No rows yet: each step adds (loss, each term, predictions, labels) on the device; the
+        next read stacks, sums and checks them for non-finite values."""
+        self._pending_rows: list[tuple[torch.Tensor, ...]] = []
+        self._names: list[str] = []
+
+    def _record_telemetry(self, loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                          logits: torch.Tensor, batch: Batch) -> None:
         if not self._names:
             self._names = ["loss", *terms, "train_acc"]
         # one device op (the predictions; an argmax keeps no graph): the row is compared,

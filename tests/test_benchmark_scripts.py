@@ -1,0 +1,46 @@
+"""The benchmark scripts run against the engine's current internals (they call its telemetry and
+step methods), and the hand-written step they compare with is the engine's KD step."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import workbench as wb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import overhead  # noqa: E402
+import profile_step  # noqa: E402
+import step_ab  # noqa: E402
+
+
+def test_the_hand_step_and_the_engine_step_make_the_same_update():
+    data = wb.data.load("digits", n_train=64)
+    batch = data.train.batch(torch.arange(32))
+    torch.manual_seed(0)
+    teacher = wb.models.build("cnn", num_classes=10, in_channels=1, width=8)
+    students = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        students.append(wb.models.build("mlp", num_classes=10, in_channels=1, image_size=8))
+    run = wb.distill(students[0], teacher, data, methods={"kd": {"temperature": overhead.TEMPERATURE,
+                                                                 "weight": overhead.SOFT_WEIGHT}},
+                     task_weight=overhead.TASK_WEIGHT, lr=overhead.LR, epochs=1, batch_size=32,
+                     store=None, progress=False, device="cpu")
+    run._prepare()
+    run._start_telemetry()
+    run._train_step(batch)
+    optimizer = torch.optim.SGD(students[1].parameters(), lr=overhead.LR, momentum=0.9, nesterov=True,
+                                weight_decay=5e-4)
+    overhead.hand_step(teacher, students[1], optimizer, batch.x, batch.y)
+    for engine, hand in zip(students[0].parameters(), students[1].parameters()):
+        torch.testing.assert_close(engine, hand)
+
+
+def test_step_ab_and_profile_step_run_on_the_cnn_pair(tmp_path):
+    ab = step_ab.main(["--pair", "cnn", "--repeats", "3", "--out", str(tmp_path / "ab.json")])
+    assert ab["hand_step_ms"] > 0 and ab["engine_step_ms"] > 0
+    assert json.loads((tmp_path / "ab.json").read_text())["pair"] == "cnn"
+    profile_step.main(["--pair", "cnn", "--steps", "30", "--warmup", "1", "--out", str(tmp_path / "p.json")])
+    profile = json.loads((tmp_path / "p.json").read_text())
+    assert profile["phases_ms"]["telemetry"] > 0 and profile["engine_step_ms"] > 0
