@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements in one go, under 5 minutes on one H100/H200-class GPU:
+# The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (6 at most):
 #   bash benchmarks/gpu.sh [OUT_DIR]      (default OUT_DIR: benchmarks/results)
 # writes OUT_DIR/gpu_harness.json   hand loop / workbench / cache / torchdistill / workbench_fp32, 3 pairs
 #        OUT_DIR/gpu_profile.json   where one step's time goes (resnet32x4 -> resnet8x4, batch 128)
@@ -7,13 +7,18 @@
 #        OUT_DIR/gpu_scaling.svg    the same as a figure
 #        OUT_DIR/gpu_compile.json   hand loop / workbench / workbench with compile=True (one pair)
 #        OUT_DIR/gpu_log.txt        everything printed; OUT_DIR/gpu_nvidia_smi.csv the card
+# It first runs the CUDA tests (tests/test_cuda.py and the GPU-path tests; their output goes to the log).
 # Each step has its own time limit, in order of importance, so a slow step cannot take the rest.
 # torchdistill is used if installed, else from a wheel in .whl/ (pip download torchdistill --no-deps).
+# KDWB_GPU_PARTS names the parts to run (default: all five).
+# A dry run of every command on the CPU, small:  KDWB_BENCH_DEVICE=cpu KDWB_BENCH_BATCH=16 \
+#     KDWB_BENCH_STEPS=2 bash benchmarks/gpu.sh /tmp/gpu_dry   (the CUDA tests skip there)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-benchmarks/results}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
+DEVICE="${KDWB_BENCH_DEVICE:-cuda}" BATCH="${KDWB_BENCH_BATCH:-128}" STEPS="${KDWB_BENCH_STEPS:-20}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" KDWB_HOME="$(mktemp -d)"
 exec > >(tee "$OUT_DIR/gpu_log.txt") 2>&1
 if ! "$PY" -c "import torchdistill" 2>/dev/null && ls .whl/torchdistill-*.whl >/dev/null 2>&1; then
@@ -21,15 +26,23 @@ if ! "$PY" -c "import torchdistill" 2>/dev/null && ls .whl/torchdistill-*.whl >/
         && export PYTHONPATH="$PYTHONPATH:/tmp/kdwb_site"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT_DIR/gpu_nvidia_smi.csv" 2>&1
-"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
-step() { echo "== $(date +%T) $1"; shift; "$@" || echo "== exit status $? (a time limit is 124)"; }
+"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
+    torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+PARTS="${KDWB_GPU_PARTS:-tests harness profile scaling compile}"  # a rerun may name fewer
+step() {
+    case " $PARTS " in *" $1 "*) ;; *) echo "== $1: skipped (not in KDWB_GPU_PARTS)"; return ;; esac
+    echo "== $(date +%T) $1"; shift; "$@" || echo "== exit status $? (a time limit is 124)"
+}
 
-step harness timeout 150 "$PY" benchmarks/harness.py --device cuda --batch-size 128 --steps 20 --epochs 3 \
-    --rounds 3 --variants hand,workbench,cache,torchdistill,workbench_fp32 --out "$OUT_DIR/gpu_harness.json"
-step profile timeout 40 "$PY" benchmarks/profile_step.py --device cuda --pair resnet --batch-size 128 --steps 40 \
+step tests timeout 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider -rs -m "not slow" tests/test_cuda.py \
+    tests/test_gpu_path.py "tests/faults/test_fault_numerical.py::test_grad_clip_adds_no_host_sync_on_cuda"
+
+step harness timeout 200 "$PY" benchmarks/harness.py --device "$DEVICE" --batch-size "$BATCH" --steps "$STEPS" --epochs 3 \
+    --rounds 7 --variants hand,workbench,cache,torchdistill,workbench_fp32 --out "$OUT_DIR/gpu_harness.json"
+step profile timeout 40 "$PY" benchmarks/profile_step.py --device "$DEVICE" --pair resnet --batch-size "$BATCH" --steps "$((STEPS * 2))" \
     --out "$OUT_DIR/gpu_profile.json"
-step scaling timeout 60 "$PY" benchmarks/scaling.py --device cuda --repeats 1 --out "$OUT_DIR/gpu_scaling.json" \
+step scaling timeout 75 "$PY" benchmarks/scaling.py --device "$DEVICE" --repeats 1 --out "$OUT_DIR/gpu_scaling.json" \
     --svg "$OUT_DIR/gpu_scaling.svg"
-step compile timeout 75 "$PY" benchmarks/harness.py --device cuda --pairs resnet --batch-size 128 --steps 20 \
+step compile timeout 75 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs resnet --batch-size "$BATCH" --steps "$STEPS" \
     --epochs 3 --rounds 1 --warmup-rounds 0 --variants hand,workbench,compile --out "$OUT_DIR/gpu_compile.json"
 echo "== $(date +%T) done"

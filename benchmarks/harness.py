@@ -109,6 +109,8 @@ class Stopwatch:
 
     def __init__(self, device, epochs: int):
         self.device, self.epochs, self.start, self.end = device, epochs, None, None
+        # on CUDA, the peak allocated bytes up to the end of epoch 1 and over the timed epochs
+        self.setup_peak = self.timed_peak = None
 
     def epoch_end(self, epoch: int) -> None:
         if epoch not in (1, self.epochs):
@@ -117,8 +119,13 @@ class Stopwatch:
         now = (time.perf_counter(), time.process_time())
         if epoch == 1:
             self.start = now
+            if self.device.type == "cuda":
+                self.setup_peak = torch.cuda.max_memory_allocated(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
         elif self.end is None:
             self.end = now
+            if self.device.type == "cuda":
+                self.timed_peak = torch.cuda.max_memory_allocated(self.device)
 
     @property
     def seconds(self) -> float:
@@ -234,8 +241,12 @@ def time_variant(name, teacher, data, pair, batch_size, steps, device, opts):
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     info = RUNNERS[name](student, teacher, data, batch_size, steps, device, opts, watch)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - before
+    if device.type == "cuda":  # the whole run; where the peak was: set-up + epoch 1, timed epochs, end
+        end = torch.cuda.max_memory_allocated(device)
+        peak = max(watch.setup_peak, end) - before
+        info = {**info, "peak_mb_by_phase": {"setup_and_first_epoch": (watch.setup_peak - before) / 2 ** 20,
+                                             "timed_epochs": (watch.timed_peak - before) / 2 ** 20,
+                                             "timed_epochs_and_end": (end - before) / 2 ** 20}}
     del student
     return (watch.seconds, watch.cpu_seconds), peak, info
 

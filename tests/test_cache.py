@@ -259,3 +259,68 @@ def test_cache_unit_keys_and_counts():
     with warnings.catch_warnings():
         warnings.simplefilter("error")            # refused once: no second warning
         cache.outputs(batch, teacher, forward)
+
+
+# -- batches gathered from the device copy of the split: served with no per-step check ------------
+@pytest.fixture
+def device_resident(monkeypatch):
+    """The GPU's whole-split-on-device path, forced on the CPU (as in test_gpu_path.py); returns
+    the shapes of every input ``checksum`` hashed (each is a host read on a GPU)."""
+    from workbench.engine import cache as cache_module
+    from workbench.engine import distributed
+    real_settings, real_checksum, hashed = distributed.resolve_settings, cache_module.checksum, []
+
+    def on_device(*args, **kwargs):
+        settings = real_settings(*args, **kwargs)
+        settings.data_on_device = True
+        return settings
+
+    def spied(x):
+        hashed.append(tuple(x.shape))
+        return real_checksum(x)
+
+    monkeypatch.setattr(distributed, "resolve_settings", on_device)
+    monkeypatch.setattr(cache_module, "checksum", spied)
+    return hashed
+
+
+def test_device_resident_batches_are_served_unhashed_and_unchanged(digits, teacher, device_resident):
+    plain = distill(digits, teacher, Offline()).fit()
+    device_resident.clear()
+    cached = distill(digits, teacher).fit()
+    assert cached.settings.data_on_device and cached.scheme.cache.served == 8
+    batches = [shape for shape in device_resident if shape == (BATCH, 1, 8, 8)]
+    assert len(batches) == 4                    # the 4 filling batches of epoch 0; none served after
+    assert cached.history == plain.history and torch.equal(params(cached.student), params(plain.student))
+
+
+class AugmentingInPlace(Offline):
+    """Unseeded noise written into the batch's own input tensor (its version counter moves)."""
+
+    def step(self, batch):
+        batch.x.add_(0.1 * torch.randn_like(batch.x))
+        return super().step(batch)
+
+
+@pytest.mark.parametrize("scheme", [Augmenting, AugmentingInPlace], ids=["new tensor", "in place"])
+def test_a_changed_device_batch_is_still_checked_and_refused(digits, teacher, device_resident, scheme):
+    run = distill(digits, teacher, scheme(cache=True), epochs=2)
+    with pytest.warns(RuntimeWarning, match="an input differs"):
+        run.fit()
+    assert run.settings.data_on_device and run.scheme.cache.served == 0
+
+
+def test_rows_stored_from_elsewhere_turn_the_unchecked_path_off(teacher):
+    cache = TeacherCache(size=4)
+    model = torch.nn.Linear(3, 2).eval()
+    forward = lambda b: wb.Outputs(model(b.x))   # noqa: E731
+    split = torch.randn(4, 3)
+    rows = torch.tensor([0, 1])
+    batch = wb.data.Batch(split[rows], torch.tensor([0, 1]), rows)
+    cache.outputs(batch, model, forward)                       # stored from no device copy
+    served = cache.outputs(batch, model, forward, rows=(rows, split))
+    assert cache.served == 1 and torch.equal(served.logits, model(batch.x))
+    # the checked path served it: a changed input with the same rows is refused, not served
+    changed = wb.data.Batch(batch.x + 1, batch.y, rows)
+    with pytest.warns(RuntimeWarning, match="an input differs"):
+        cache.outputs(changed, model, forward, rows=(rows, split))

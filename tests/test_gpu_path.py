@@ -64,6 +64,7 @@ def _run(data, teacher_name="resnet8", student_name="resnet8", epochs=1, **optio
     torch.manual_seed(1)
     kwargs = {"image_size": data.input_shape[1]} if student_name == "mlp" else {}
     student = wb.models.build(student_name, num_classes=data.num_classes, in_channels=data.in_channels, **kwargs)
+    options.setdefault("device", "cpu")  # these tests are about the CPU, also on a machine with a GPU
     run = wb.distill(student, teacher, data, methods={"kd": {"temperature": 4}}, epochs=epochs,
                      batch_size=32, log_every=1, store=None, progress=False, **options)
     run.fit()

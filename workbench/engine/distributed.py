@@ -205,8 +205,10 @@ def batches(run: "Run", split: Split, generator: torch.Generator) -> Iterator[Ba
         index = order[start:start + batch_size]
         if on_device is not None:
             there = order_there[start:start + batch_size]
-            yield Batch(on_device.x[there], on_device.y[there], index,
-                        {k: v[there] for k, v in on_device.extras.items()})
+            batch = Batch(on_device.x[there], on_device.y[there], index,
+                          {k: v[there] for k, v in on_device.extras.items()})
+            run._pristine = (batch.x, batch.x._version, there, on_device.x)
+            yield batch
             continue
         batch = split.batch(index)
         if settings.pin_memory:
@@ -217,6 +219,17 @@ def batches(run: "Run", split: Split, generator: torch.Generator) -> Iterator[Ba
         if settings.channels_last and batch.x.dim() == 4:
             batch.x = batch.x.contiguous(memory_format=torch.channels_last)
         yield batch
+
+
+def pristine_rows(run: "Run", batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows on the device, the device copy of the training split) when ``batch`` is the batch
+    :func:`batches` last gathered from that copy, unchanged (the same input tensor, not written
+    in place since); else None. Lets the teacher cache serve such a batch without checking its
+    inputs on the host."""
+    pristine = getattr(run, "_pristine", None)
+    if pristine is None or pristine[0] is not batch.x or pristine[0]._version != pristine[1]:
+        return None
+    return pristine[2], pristine[3]
 
 
 def all_reduce_telemetry(run: "Run", rows: torch.Tensor) -> None:
@@ -240,6 +253,7 @@ def teardown(run: "Run") -> None:
             if model is not None and getattr(model, "_compiled_call_impl", None) is not None:
                 model._compiled_call_impl = None
     run._device_train = None
+    run._pristine = None
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ nothing in the step calls ``.item()``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import threading
 import time
@@ -195,8 +197,10 @@ class Run(Persistence):
         if self.teacher is not None:
             self.teacher.to(self.device)
         self.scheme.to(self.device)
+        self._autocast = self.config.amp and self.device.type == "cuda"  # bf16 on GPUs only
         first = self.scheme.first_batch(self.config.batch_size)
-        self.scheme.prepare(first.to(self.device))
+        with self._precision():  # as in training: a first forward needs no more memory than a step
+            self.scheme.prepare(first.to(self.device))
         self.scheme.to(self.device)  # connectors built from the first batch
         self._params = list(self.scheme.parameters())
         self.optimizer = _optimizer(self.config, self._params)
@@ -204,7 +208,6 @@ class Run(Persistence):
         schedule = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
             if self.config.schedule == "cosine" else (lambda s: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self._autocast = self.config.amp and self.device.type == "cuda"  # bf16 on GPUs only
         self._open_store_run()
         self._step_fn = distributed.finish_setup(self)  # compile, rank 0's state on all ranks, DDP
 
@@ -249,11 +252,15 @@ class Run(Persistence):
             self.live_changes.append({"step": self.step, **changes})
             self._log_rows({f"live.{key}": value for key, value in changes.items()})
 
+    def _precision(self):
+        """bf16 autocast on a GPU when ``amp`` (training, the first batch and evaluation alike),
+        else nothing."""
+        if getattr(self, "_autocast", False):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _train_step(self, batch: Batch) -> None:
-        if self._autocast:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss, terms, logits = self._step_fn(batch)
-        else:
+        with self._precision():
             loss, terms, logits = self._step_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,8 +330,9 @@ class Run(Persistence):
         test = self.data.test
         was_training = self.student.training
         self.student.eval()
-        logits = torch.cat([self.student(b.x.to(self.device)).float().cpu()
-                            for b in test.batches(batch_size)])
+        with self._precision():  # in the training's precision: no more memory than a step needs
+            logits = torch.cat([self.student(b.x.to(self.device)).float().cpu()
+                                for b in test.batches(batch_size)])
         self.student.train(was_training)
         metrics = {"step": self.step, "epoch": self.epoch,
                    "test_acc": probes.accuracy(logits, test.y),
@@ -332,9 +340,10 @@ class Run(Persistence):
                    "ece": probes.expected_calibration_error(logits, test.y)}
         if self.teacher is not None:
             if self._teacher_test_logits is None:  # the frozen teacher's answers never change
-                self._teacher_test_logits = torch.cat(
-                    [self.teacher(self.scheme.teacher_input(b.to(self.device))).float().cpu()
-                     for b in test.batches(batch_size)])
+                with self._precision():
+                    self._teacher_test_logits = torch.cat(
+                        [self.teacher(self.scheme.teacher_input(b.to(self.device))).float().cpu()
+                         for b in test.batches(batch_size)])
             metrics["teacher_acc"] = probes.accuracy(self._teacher_test_logits, test.y)
             metrics["agreement"] = probes.agreement(logits, self._teacher_test_logits)
         metrics.update(self.scheme.extra_metrics(test, batch_size))

@@ -109,10 +109,23 @@ class Scheme(nn.Module):
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> "Scheme":
+        # every epoch starts here; when each module already is as this call would leave it (the
+        # usual case) the walk that sets every flag again through Module.__setattr__ is skipped:
+        # it took ~0.35 ms an epoch on the cnn -> mlp pair, 1-2% of a small model's epoch
+        if self._modes_are(mode):
+            return self
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # a frozen teacher stays in eval mode whatever the scheme does
         return self
+
+    def _modes_are(self, mode: bool) -> bool:
+        """True when every module is in ``mode`` and every teacher module in eval mode: what
+        ``train(mode)`` leaves. A module a custom ``train`` keeps otherwise makes this False, so
+        such a scheme always takes the full walk."""
+        if any(m.training != mode for m in self.modules()):
+            return False
+        return self.teacher is None or not any(m.training for m in self.teacher.modules())
 
     def extra_metrics(self, test: Split, batch_size: int) -> dict[str, float]:
         """Metrics beyond the student's own (e.g. each peer's accuracy); none by default."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine import distributed
 from ..engine.cache import TeacherCache
 from ..registry import SCHEMES
 from .base import Scheme
@@ -84,7 +85,8 @@ class Offline(Scheme):
     def teacher_outputs(self, batch):
         if self.cache is None:
             return super().teacher_outputs(batch)
-        return self.cache.outputs(batch, self.teacher, super().teacher_outputs, epoch=self.run.epoch)
+        return self.cache.outputs(batch, self.teacher, super().teacher_outputs, epoch=self.run.epoch,
+                                  rows=distributed.pristine_rows(self.run, batch))
 
     def step(self, batch):
         # the teacher first: its forward's working memory is freed before the student's forward
