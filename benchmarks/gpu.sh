@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (6 at most):
+# The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (9 at most):
 #   bash benchmarks/gpu.sh [OUT_DIR]      (default OUT_DIR: benchmarks/results)
 # writes OUT_DIR/gpu_harness.json   hand loop / workbench / cache / torchdistill / workbench_fp32, 3 pairs
 #        OUT_DIR/gpu_profile.json   where one step's time goes (resnet32x4 -> resnet8x4, batch 128)
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${1:-benchmarks/results}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
-DEVICE="${KDWB_BENCH_DEVICE:-cuda}" BATCH="${KDWB_BENCH_BATCH:-128}" STEPS="${KDWB_BENCH_STEPS:-20}"
+DEVICE="${KDWB_BENCH_DEVICE:-cuda}" BATCH="${KDWB_BENCH_BATCH:-128}" STEPS="${KDWB_BENCH_STEPS:-40}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" KDWB_HOME="$(mktemp -d)"
 exec > >(tee "$OUT_DIR/gpu_log.txt") 2>&1
 if ! "$PY" -c "import torchdistill" 2>/dev/null && ls .whl/torchdistill-*.whl >/dev/null 2>&1; then
@@ -37,7 +37,7 @@ step() {
 step tests timeout 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider -rs -m "not slow" tests/test_cuda.py \
     tests/test_gpu_path.py "tests/faults/test_fault_numerical.py::test_grad_clip_adds_no_host_sync_on_cuda"
 
-step harness timeout 200 "$PY" benchmarks/harness.py --device "$DEVICE" --batch-size "$BATCH" --steps "$STEPS" --epochs 3 \
+step harness timeout 240 "$PY" benchmarks/harness.py --device "$DEVICE" --batch-size "$BATCH" --steps "$STEPS" --epochs 3 \
     --rounds 7 --variants hand,workbench,cache,torchdistill,workbench_fp32 --out "$OUT_DIR/gpu_harness.json"
 step profile timeout 40 "$PY" benchmarks/profile_step.py --device "$DEVICE" --pair resnet --batch-size "$BATCH" --steps "$((STEPS * 2))" \
     --out "$OUT_DIR/gpu_profile.json"

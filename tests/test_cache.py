@@ -161,7 +161,7 @@ def test_a_modified_split_is_refused(teacher):
     assert run.scheme.cache.served < 4 and run.scheme.cache.reason
 
 
-@pytest.mark.parametrize("how", ["in place", "through .data"])
+@pytest.mark.parametrize("how", ["in place", "through .data", "replaced"])
 def test_a_changed_teacher_is_refused(digits, how):
     torch.manual_seed(0)
     teacher = wb.models.build("cnn", num_classes=10, in_channels=1, width=8)
@@ -172,6 +172,8 @@ def test_a_changed_teacher_is_refused(digits, how):
         if how == "in place":
             with torch.no_grad():
                 weight.mul_(1.5)           # bumps the version counter: caught on the next step
+        elif how == "replaced":            # a new tensor: caught by the epoch's identity check
+            teacher.classifier.weight = torch.nn.Parameter(weight.detach() * 1.5, requires_grad=False)
         else:
             weight.data.mul_(1.5)          # no version bump: caught by the epoch's content checksum
 

@@ -158,3 +158,25 @@ def test_an_interrupted_cuda_run_resumes_to_the_uninterrupted_weights():
     assert resumed.run_id == interrupted.run_id and resumed.status == "finished"
     assert torch.equal(_weights(resumed.student), _weights(whole.student))
     assert resumed.history == whole.history
+
+
+def test_a_cross_modal_teacher_reads_its_modality_from_the_device_copy():
+    """The teacher's modality is an extra of the data: copied to the GPU when first read, alone
+    (not the masks and maps the run never reads), and the run computes what the CPU computes."""
+    pairs = wb.data.load("shapes_paired", size=16, n_train=64, n_test=32, seed=0)
+    copied = []
+
+    def run(device):
+        torch.manual_seed(0)
+        teacher = wb.models.build("resnet8", num_classes=pairs.num_classes, in_channels=3)
+        torch.manual_seed(1)
+        student = wb.models.build("resnet8", num_classes=pairs.num_classes, in_channels=pairs.in_channels)
+        r = wb.distill(student, teacher, pairs, scheme="cross_modal", epochs=2, batch_size=16, seed=3,
+                       device=device, store=None, progress=False, log_every=1, **FP32)
+        if device == "cuda":
+            r.on("step_end", lambda r, m: copied.append(sorted(r._device_train.extras._copies)))
+        return r.fit()
+
+    cpu, gpu = run("cpu"), run("cuda")
+    assert gpu.settings.data_on_device and copied and all(keys == ["rgb"] for keys in copied)
+    torch.testing.assert_close(_losses(gpu), _losses(cpu), rtol=1e-4, atol=1e-5)

@@ -118,3 +118,24 @@ def test_compile_on_cpu_gives_the_same_losses(backend):
     for a, b in zip(plain_student.parameters(), compiled_student.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert compiled_student._compiled_call_impl is None  # the caller's model is given back plain
+
+
+def test_device_resident_extras_are_copied_and_gathered_only_when_read(shapes):
+    """A device copy of the split carries its extras lazily: KD never reads ``shapes``' masks,
+    boxes and segmentation maps, so none is copied; a batch's ``extras`` gathers a key on read."""
+    settings = resolve_settings(RunConfig(), "cpu", (3, 16, 16))
+    on_device = distributed._to_device(shapes.train, settings)
+    assert set(on_device.extras) == {"mask", "box", "segmentation"} and on_device.extras._copies == {}
+    rows = torch.tensor([3, 1, 4])
+    batch = distributed.Batch(on_device.x[rows], on_device.y[rows], rows,
+                              distributed._BatchExtras(on_device.extras, rows))
+    assert "mask" in batch.extras and len(batch.extras) == 3 and on_device.extras._copies == {}
+    assert torch.equal(batch.extras["mask"], shapes.train.extras["mask"][rows])
+    assert set(on_device.extras._copies) == {"mask"}
+    assert batch.extras.get("nothing") is None and "nothing" not in batch.extras
+    batch.extras["augmentation_seed"] = torch.zeros(3, dtype=torch.long)
+    assert set(batch.extras) == {"mask", "box", "segmentation", "augmentation_seed"}
+    assert torch.equal(dict(batch.extras)["box"], shapes.train.extras["box"][rows])
+    del batch.extras["box"]
+    with pytest.raises(KeyError):
+        batch.extras["box"]

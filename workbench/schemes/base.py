@@ -9,6 +9,7 @@ step) and ``close``.
 """
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import torch
@@ -40,7 +41,10 @@ class Scheme(nn.Module):
         self.student = run.student
         self.methods = nn.ModuleDict(run.methods)
         object.__setattr__(self, "teacher", run.teacher)  # not a sub-module: never trained or saved
-        object.__setattr__(self, "run", run)
+        # a weak reference: the run owns its scheme, and a back-reference would make the pair a
+        # cycle that only the garbage collector frees (a finished run's models, optimiser state
+        # and GPU memory lingering until it runs, and collections during later timed runs)
+        object.__setattr__(self, "run", weakref.proxy(run))
         if self.needs_teacher and run.teacher is None:
             raise ValueError(f"the {self.name!r} scheme needs a teacher")
         if not self.uses_teacher and run.teacher is not None:
