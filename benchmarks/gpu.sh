@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (9 at most):
+# The GPU measurements in one go, about 6 minutes on one H100/H200-class GPU (9 at most):
 #   bash benchmarks/gpu.sh [OUT_DIR]      (default OUT_DIR: benchmarks/results)
 # writes OUT_DIR/gpu_harness.json   hand loop / workbench / cache / torchdistill / workbench_fp32, 3 pairs
 #        OUT_DIR/gpu_profile.json   where one step's time goes (resnet32x4 -> resnet8x4, batch 128)

@@ -116,10 +116,13 @@ def test_a_training_step_never_waits_for_the_gpu(shapes, scheme_args):
 
 
 def test_the_teacher_cache_keeps_the_float32_numbers(shapes):
+    """Not bit for bit as on the CPU: cuDNN's convolution backward sums with atomics, so two
+    plain runs of a ResNet already differ in the last digits (one of twelve losses by 2.1e-5
+    relative in the third epoch, on an H200); serving wrong rows would move them by far more."""
     plain = _run(shapes, epochs=3, **FP32).fit()
     cached = _run(shapes, epochs=3, scheme_args={"cache": True}, **FP32).fit()
-    assert cached.scheme.cache.served > 0
-    torch.testing.assert_close(_losses(cached), _losses(plain), rtol=1e-5, atol=1e-6)
+    assert cached.scheme.cache.served == 8 and cached.scheme.cache.reason is None
+    torch.testing.assert_close(_losses(cached), _losses(plain), rtol=1e-3, atol=1e-5)
 
 
 def test_compile_on_cuda_keeps_the_float32_numbers(shapes):
