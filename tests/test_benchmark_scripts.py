@@ -1,6 +1,8 @@
 """The benchmark scripts run against the engine's current internals (they call its telemetry and
 step methods), and the hand-written step they compare with is the engine's KD step."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +10,8 @@ import torch
 
 import workbench as wb
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import overhead  # noqa: E402
 import profile_step  # noqa: E402
 import step_ab  # noqa: E402
@@ -44,3 +47,19 @@ def test_step_ab_and_profile_step_run_on_the_cnn_pair(tmp_path):
     profile_step.main(["--pair", "cnn", "--steps", "30", "--warmup", "1", "--out", str(tmp_path / "p.json")])
     profile = json.loads((tmp_path / "p.json").read_text())
     assert profile["phases_ms"]["telemetry"] > 0 and profile["engine_step_ms"] > 0
+
+
+def test_gpu_script_runs_the_parts_it_is_asked_for_on_the_cpu(tmp_path):
+    """gpu.sh's CPU dry run (what to do before spending device time): the profile part alone,
+    tiny; the others say they were skipped; the profile's JSON is written where asked."""
+    env = {**os.environ, "KDWB_BENCH_DEVICE": "cpu", "KDWB_BENCH_BATCH": "8", "KDWB_BENCH_STEPS": "1",
+           "KDWB_GPU_PARTS": "profile", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "gpu_log.txt").read_text()
+    for part in ("tests", "harness", "scaling", "compile"):
+        assert f"== {part}: skipped" in log
+    assert "exit status" not in log
+    profile = json.loads((tmp_path / "gpu_profile.json").read_text())
+    assert profile["machine"]["device"] == "cpu" and profile["batch_size"] == 8
