@@ -171,3 +171,26 @@ def test_a_reused_run_gets_its_connectors_back(digits, teacher):
     loaded = again.methods["fitnet"].state_dict()
     assert trained.keys() == loaded.keys()
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)
+
+
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (4, 3, 2)], ids=["equal batches", "unequal batches"])
+def test_telemetry_counts_each_steps_correct_answers(digits, teacher, sizes):
+    """The read sums the rows recorded since the last read: loss terms averaged over the steps,
+    correct answers counted per step (one reshape when the batches are equal, an index_add else)."""
+    torch.manual_seed(1)
+    student = wb.models.build("cnn", num_classes=10, in_channels=1, width=4)
+    run = wb.distill(student, teacher, digits, methods={"kd": {}}, epochs=1, batch_size=4, store=None,
+                     progress=False)
+    run._start_telemetry()
+    right = 0
+    for step, size in enumerate(sizes):
+        logits = torch.randn(size, 10)
+        labels = torch.randint(0, 10, (size,))
+        labels[0] = logits[0].argmax()  # at least one right answer per step
+        right += int((logits.argmax(1) == labels).sum())
+        batch = wb.data.Batch(torch.zeros(size, 1, 8, 8), labels, torch.arange(size))
+        run._record_telemetry(torch.tensor(float(step)), {"ce": torch.tensor(2.0 * step)}, logits, batch)
+    run.step, run.optimizer = len(sizes), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    row = run._read_telemetry()
+    assert row["loss"] == pytest.approx(1.0) and row["ce"] == pytest.approx(2.0)
+    assert row["train_acc"] == pytest.approx(right / (len(sizes) * 4))
