@@ -24,9 +24,8 @@ The trainer calls :func:`setup` at the start of ``_prepare``, :func:`finish_setu
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
-
 import os
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterator

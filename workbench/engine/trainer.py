@@ -10,7 +10,6 @@ nothing in the step calls ``.item()``.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import threading
 import time
