@@ -193,11 +193,6 @@ def test_registry_metadata():
 
 
 @pytest.fixture(scope="module")
-def shapes():
-    return wb.data.load("shapes", n_train=48, n_test=16)
-
-
-@pytest.fixture(scope="module")
 def teacher():
     torch.manual_seed(0)
     return wb.models.build("resnet32x4", num_classes=10, in_channels=3)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
+from method_helpers import distil_three_steps
 from workbench.methods.attention.deit import DistilledViT, deit_loss
 from workbench.methods.attention.minilm import minilm_losses
 from workbench.taps import Outputs, TapError, capture
@@ -19,11 +20,6 @@ def vit(dim=32, depth=1, heads=2, seed=0):
     torch.manual_seed(seed)
     return wb.models.build("vit_tiny", num_classes=10, in_channels=3, image_size=32, patch_size=8,
                            dim=dim, depth=depth, heads=heads)
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    return wb.data.load("shapes", n_train=48, n_test=16)
 
 
 # ------------------------------------------------------------------------------------- MiniLM
@@ -167,24 +163,11 @@ def test_minilm_binds_to_the_last_block_and_names_models_without_attention(shape
     assert wb.METHODS.get("minilm").meta["needs"] == "attention"
 
 
-def check_three_steps(student, teacher, data, name, hparams=None):
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    run = wb.distill(student, teacher, data, methods={name: hparams or {}}, epochs=1, batch_size=16,
-                     log_every=1, store=None, progress=False).fit()
-    assert run.step == 3
-    row = run.history[-1]
-    assert math.isfinite(row["loss"])
-    assert any(key.startswith(f"{name}.") and math.isfinite(value) for key, value in row.items())
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    assert all(p.grad is None for p in teacher.parameters())
-    return run
-
-
 @pytest.mark.parametrize("heads", [4, 2])
 def test_minilm_trains_a_vit_from_a_wider_deeper_vit(shapes, heads):
     teacher = vit(dim=64, depth=2, heads=4, seed=1)
     student = vit(dim=32, depth=1, heads=heads, seed=2)
-    run = check_three_steps(student, teacher, shapes, "minilm")
+    run = distil_three_steps(student, teacher, shapes, "minilm")
     assert run.methods["minilm"]._plan() == (heads, heads == 4)
 
 
@@ -252,5 +235,5 @@ def test_deit_trains_a_distilled_vit(shapes, teacher_name, distillation):
     teacher = vit(dim=64, depth=2, heads=4, seed=4) if teacher_name == "vit" else \
         wb.models.build("resnet8", num_classes=10, in_channels=3)
     student = DistilledViT(vit(seed=5))
-    run = check_three_steps(student, teacher, shapes, "deit", {"distillation": distillation})
+    run = distil_three_steps(student, teacher, shapes, "deit", {"distillation": distillation})
     assert 0.0 <= run.result["agreement"] <= 1.0          # evaluated with both heads averaged

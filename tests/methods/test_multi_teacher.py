@@ -4,13 +4,13 @@ AEKD, CA-MKD and knowledge amalgamation. Golden values from the papers' equation
 gradients, frozen teachers, zero loss at equality, batch and teacher-order permutation,
 hyper-parameter checks, three training steps on zoo models, and an amalgamated digits student
 that classifies all ten digits from two teachers that each know five."""
-import math
 
 import numpy as np
 import pytest
 import torch
 
 import workbench as wb
+from method_helpers import distil_three_steps
 from workbench.data.bundle import DataBundle
 from workbench.methods.multi_teacher import MultiTeacher
 from workbench.methods.multi_teacher.aekd import aekd_loss, min_norm_weights, project_capped_simplex
@@ -212,33 +212,16 @@ def test_bad_hyper_parameters(name):
 
 
 # ----------------------------------------------------------------------------- training steps
-@pytest.fixture(scope="module")
-def shapes():
-    return wb.data.load("shapes", n_train=48, n_test=16)
-
-
 def zoo(name, seed):
     torch.manual_seed(seed)
     return wb.models.build(name, num_classes=10, in_channels=3)
-
-
-def check_three_steps(student, teacher, data, name, **options):
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    run = wb.distill(student, teacher, data, methods={name: {}}, epochs=1, batch_size=16, log_every=1,
-                     store=None, progress=False, **options).fit()
-    assert run.step == 3
-    assert math.isfinite(run.history[-1]["loss"])
-    assert any(k.startswith(f"{name}.") and math.isfinite(v) for k, v in run.history[-1].items())
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    assert all(p.grad is None for p in teacher.parameters())
-    return run
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("student_name", ["resnet8x4", "wrn_16_1"])
 def test_three_steps_from_an_ensemble_of_three(shapes, name, student_name):
     teacher = MultiTeacher([zoo("resnet14", 1), zoo("wrn_16_1", 2), zoo("resnet8", 3)])
-    run = check_three_steps(zoo(student_name, 4), teacher, shapes, name)
+    run = distil_three_steps(zoo(student_name, 4), teacher, shapes, name)
     assert 0.0 <= run.result["teacher_acc"] <= 1.0        # the ensemble is evaluated as one teacher
     if name == "aekd":
         alpha = run.methods["aekd"].teacher_weights
@@ -247,7 +230,7 @@ def test_three_steps_from_an_ensemble_of_three(shapes, name, student_name):
 
 def test_aekd_three_steps_with_a_resnet32x4_in_the_ensemble(shapes):
     teacher = MultiTeacher([zoo("resnet32x4", 5), zoo("wrn_16_1", 6)])
-    check_three_steps(zoo("resnet8x4", 7), teacher, shapes, "aekd")
+    distil_three_steps(zoo("resnet8x4", 7), teacher, shapes, "aekd")
 
 
 def digits_subset(bundle, classes):

@@ -40,18 +40,17 @@ only scales the learning rate.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..base import Method, register_method
 from ..feature._maps import as_map, check_pairs, pool_to_common, tap_tuple
+from ..feature.fitnet import fitnet_loss
 
 CONNECTORS = ("auto", "conv")
 
 
-def supervision_transfer_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between t(psi(I_d)) and phi(I_s), both (B, C, H, W) (or any equal shape)."""
-    return (student - teacher).pow(2).mean()
+#: f, the L2 loss between t(psi(I_d)) and phi(I_s): the mean squared error of FitNets' hint loss
+supervision_transfer_loss = fitnet_loss
 
 
 def as_feature_map(feature: torch.Tensor, tap: str) -> torch.Tensor:
