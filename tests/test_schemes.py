@@ -400,3 +400,42 @@ def test_interrupt_after_an_epoch_and_resume_equals_an_uninterrupted_run(digits,
     assert all(torch.equal(a, b) for a, b in zip(resumed.scheme.state_dict().values(),
                                                   whole.scheme.state_dict().values()))
     assert resumed.history == whole.history
+
+
+def test_train_puts_every_module_back_in_training_and_keeps_the_teacher_in_eval(digits):
+    """A scheme's train() at each epoch skips its walk when nothing changed; it must still undo
+    anything that did (an evaluation, a probe, a user) and keep the frozen teacher in eval mode."""
+    torch.manual_seed(0)
+    student = wb.models.build("cnn", num_classes=10, in_channels=1, width=4)
+    teacher = wb.models.build("cnn", num_classes=10, in_channels=1, width=8)
+    run = wb.distill(student, teacher, digits, methods={"kd": {}}, epochs=1, batch_size=64, store=None,
+                     progress=False).fit()
+    scheme = run.scheme
+    scheme.train()
+    assert all(m.training for m in scheme.modules()) and not any(m.training for m in teacher.modules())
+    student.eval()                                   # what an evaluation leaves
+    next(iter(student.modules())).training = True    # a mixed state: the top in train, the rest not
+    teacher.train()                                  # a teacher someone switched to train mode
+    scheme.train()
+    assert all(m.training for m in scheme.modules()) and not any(m.training for m in teacher.modules())
+    scheme.eval()
+    assert not any(m.training for m in scheme.modules())
+
+
+def test_a_finished_run_is_freed_without_the_garbage_collector(digits):
+    """The scheme refers to its run weakly: no run <-> scheme cycle keeps a finished run's models
+    and optimiser state alive until a collection."""
+    import gc
+    import weakref
+    torch.manual_seed(0)
+    student = wb.models.build("cnn", num_classes=10, in_channels=1, width=4)
+    teacher = wb.models.build("cnn", num_classes=10, in_channels=1, width=8)
+    run = wb.distill(student, teacher, digits, methods={"kd": {}}, epochs=1, batch_size=64, store=None,
+                     progress=False).fit()
+    gone = weakref.ref(run)
+    gc.disable()
+    try:
+        del run
+        assert gone() is None
+    finally:
+        gc.enable()
