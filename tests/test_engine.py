@@ -194,3 +194,44 @@ def test_telemetry_counts_each_steps_correct_answers(digits, teacher, sizes):
     row = run._read_telemetry()
     assert row["loss"] == pytest.approx(1.0) and row["ce"] == pytest.approx(2.0)
     assert row["train_acc"] == pytest.approx(right / (len(sizes) * 4))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_optimiser_is_fused_where_pytorch_has_the_kernel_and_steps_like_the_loop(name):
+    """One fused kernel for all parameters where this PyTorch has it; the same update as PyTorch's
+    per-parameter loop to float rounding; the plain optimiser where fused=True is refused."""
+    from workbench.engine.config import RunConfig
+    from workbench.engine.trainer import _optimizer
+
+    config = RunConfig(optimizer=name, lr=0.05, weight_decay=5e-4)
+    models = [student(seed=2) for _ in range(2)]
+    fused = _optimizer(config, list(models[0].parameters()))
+    assert fused.defaults.get("fused") is True  # this project's PyTorch (>= 2.4) has CPU kernels
+    options = {k: v for k, v in fused.defaults.items() if k in ("lr", "momentum", "weight_decay", "nesterov")}
+    loop = type(fused)(models[1].parameters(), foreach=False, **options)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        for model, opt in zip(models, (fused, loop)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert torch.allclose(params(models[0]), params(models[1]), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(params(models[0]), params(student(seed=2)))  # it did train
+
+
+def test_the_optimiser_falls_back_where_fused_is_refused(monkeypatch):
+    from workbench.engine.config import RunConfig
+    from workbench.engine import trainer
+
+    class NoFused(torch.optim.SGD):  # a PyTorch whose SGD has no fused kernel for these parameters
+        def __init__(self, params, fused=None, **options):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices")
+            super().__init__(params, **options)
+
+    monkeypatch.setattr(trainer.torch.optim, "SGD", NoFused)
+    opt = trainer._optimizer(RunConfig(), list(student().parameters()))
+    assert isinstance(opt, NoFused) and not opt.defaults.get("fused")
+    integers = [torch.zeros(2, dtype=torch.int64)]  # not floating point: fused is not even tried
+    assert trainer._optimizer(RunConfig(), integers).defaults.get("fused") is not True

@@ -381,11 +381,25 @@ class Run(Persistence):
 
 
 def _optimizer(config: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The configured optimiser, with PyTorch's fused kernel where this PyTorch has one.
+
+    A fused step updates every parameter in one kernel instead of several operations per parameter
+    (the default on the CPU: measured in ``benchmarks/step_ab.py``, SGD's step on the mlp student
+    takes 66 instead of 191 µs, a twentieth of its whole training step). It computes the same
+    update; the results differ from the per-parameter loop by float rounding only.
+    """
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        cls, options = torch.optim.SGD, dict(lr=config.lr, momentum=config.momentum,
+                                             weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    else:
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        options = dict(lr=config.lr, weight_decay=config.weight_decay)
+    if all(p.dtype.is_floating_point and not p.is_sparse for p in params):
+        try:
+            return cls(params, fused=True, **options)
+        except (TypeError, RuntimeError):  # a PyTorch without the argument, or without the kernel here
+            pass
+    return cls(params, **options)
 
 
 def _check_compatible(student: nn.Module, teacher: nn.Module | None, data: DataBundle,
