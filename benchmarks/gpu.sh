@@ -37,12 +37,19 @@ step() {
 step tests timeout 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider -rs -m "not slow" tests/test_cuda.py \
     tests/test_gpu_path.py
 
-step harness timeout 240 "$PY" benchmarks/harness.py --device "$DEVICE" --batch-size "$BATCH" --steps "$STEPS" --epochs 3 \
-    --rounds 7 --variants hand,workbench,cache,torchdistill,workbench_fp32 --out "$OUT_DIR/gpu_harness.json"
+VARIANTS=hand,workbench,cache,torchdistill,workbench_fp32
+NO_MEMORY=""; [ "$DEVICE" = cpu ] && NO_MEMORY=--no-memory  # a dry run: the CPU memory probes take minutes
+case " $PARTS " in *" harness "*) rm -f "$OUT_DIR/gpu_harness.json" ;; esac  # the cnn part merges into this run's file only
+step harness timeout 200 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs resnet,wrn --batch-size "$BATCH" \
+    --steps "$STEPS" --epochs 3 --rounds 7 --variants "$VARIANTS" --out "$OUT_DIR/gpu_harness.json" $NO_MEMORY
+# digits has 1,347 training images (10 batches of 128): 11 epochs a run, the last 10 timed (100 steps,
+# where 3 epochs gave 20 steps of ~3 ms and rounds that moved by 15%)
+step harness timeout 60 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs cnn --batch-size "$BATCH" \
+    --steps "$STEPS" --epochs 11 --rounds 7 --variants "$VARIANTS" --out "$OUT_DIR/gpu_harness.json" --merge $NO_MEMORY
 step profile timeout 40 "$PY" benchmarks/profile_step.py --device "$DEVICE" --pair resnet --batch-size "$BATCH" --steps "$((STEPS * 2))" \
     --out "$OUT_DIR/gpu_profile.json"
 step scaling timeout 75 "$PY" benchmarks/scaling.py --device "$DEVICE" --repeats 1 --out "$OUT_DIR/gpu_scaling.json" \
     --svg "$OUT_DIR/gpu_scaling.svg"
 step compile timeout 75 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs resnet --batch-size "$BATCH" --steps "$STEPS" \
-    --epochs 3 --rounds 1 --warmup-rounds 0 --variants hand,workbench,compile --out "$OUT_DIR/gpu_compile.json"
+    --epochs 3 --rounds 1 --warmup-rounds 0 --variants hand,workbench,compile --out "$OUT_DIR/gpu_compile.json" $NO_MEMORY
 echo "== $(date +%T) done"

@@ -30,8 +30,10 @@ variant: the peak resident set (VmHWM, reset through /proc/self/clear_refs just 
 minus the resident set then, i.e. what the run added on top of the loaded data and models. Each
 probe first runs one teacher forward and one student forward+backward+SGD step, then the variant
 once (its growth is recorded as ``first_run_growth_mb``: it includes one-time set-up such as the
-first call of each operator), then the variant three more times: ``peak_growth_mb`` is the median
-of those three, the memory the training itself holds. MALLOC_MMAP_THRESHOLD_=65536 (tensors of
+first call of each operator), then the variant ``--memory-runs`` more times (default 5):
+``peak_growth_mb`` is the median of those (the lower middle of an even count), the memory the
+training itself holds (on the cnn pair a run's growth is about 1.3 MB and moves by ±10% from run
+to run: a few heap blocks more or less). MALLOC_MMAP_THRESHOLD_=65536 (tensors of
 64 KiB and more are unmapped when freed, so the resident set follows live memory).
 
     python benchmarks/harness.py                               # the three default pairs, CPU-sized
@@ -298,13 +300,14 @@ def probe(args) -> None:
     # the first run of a variant also pays for one-time set-up of the code paths it uses (the
     # first call of each operator, lazily imported modules): recorded, but the target compares
     # the second run, whose growth is the memory that training itself holds
-    # the growth of a small run is a few heap blocks more or less: the median of three runs
+    # the growth of a small run is a few heap blocks more or less: the median of several runs
     first_base, first_peak, _ = measured_run()
-    runs = [measured_run() for _ in range(3)]
+    runs = [measured_run() for _ in range(args.memory_runs)]
     growths = [(peak - base) / 1024 for base, peak, _ in runs]
-    base, peak, seconds = runs[growths.index(statistics.median(growths))]
+    middle = statistics.median_low(growths)  # a measured run's (an even count: the lower middle)
+    base, peak, seconds = runs[growths.index(middle)]
     print(json.dumps({"variant": args.probe, "rss_before_mb": base / 1024, "rss_peak_mb": peak / 1024,
-                      "peak_growth_mb": statistics.median(growths), "growths_mb": growths,
+                      "peak_growth_mb": middle, "growths_mb": growths,
                       "first_run_growth_mb": (first_peak - first_base) / 1024,
                       "method": method, "seconds": seconds}))
 
@@ -314,7 +317,8 @@ def cpu_memory(args, pair: str, variants) -> dict:
     for name in variants:
         command = [sys.executable, __file__, "--probe", name, "--pairs", pair, "--pair", pair,
                    "--batch-size", str(args.batch_size_for(pair)), "--steps", str(args.steps_for(pair)),
-                   "--threads", str(args.threads), "--epochs", str(args.epochs_for(pair))]
+                   "--threads", str(args.threads), "--epochs", str(args.epochs_for(pair)),
+                   "--memory-runs", str(args.memory_runs)]
         # blocks of 64 KiB and more are mmapped and unmapped on free, so the resident set follows
         # the live tensors instead of what the heap keeps for reuse
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -476,6 +480,8 @@ def main(argv=None) -> None:
                         help="what samples/s divides by; auto: this process's CPU time on the CPU (robust "
                              "on a shared machine), wall-clock time (with device syncs) on a GPU")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
+    parser.add_argument("--memory-runs", type=int, default=5,
+                        help="CPU: measured runs per variant after the first (their median is reported)")
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/harness_<device>.json)")
     parser.add_argument("--merge", action="store_true", help="keep the other pairs already in --out")
     parser.add_argument("--memory-only", action="store_true",
@@ -484,6 +490,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pair", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
+    if args.memory_runs < 1:
+        parser.error(f"--memory-runs must be at least 1, got {args.memory_runs}")
     args.batch_size_for = lambda p: args.batch_size or PAIRS[p][4]
     args.steps_for = lambda p: args.steps or PAIRS[p][5]
     args.epochs_for = lambda p: args.epochs or EPOCHS_BY_PAIR.get(p, EPOCHS)

@@ -63,3 +63,23 @@ def test_gpu_script_runs_the_parts_it_is_asked_for_on_the_cpu(tmp_path):
     assert "exit status" not in log
     profile = json.loads((tmp_path / "gpu_profile.json").read_text())
     assert profile["machine"]["device"] == "cpu" and profile["batch_size"] == 8
+
+
+def test_the_harness_times_and_measures_each_variant_and_checks_the_targets(tmp_path):
+    """A tiny run of the harness on the cnn pair: every variant timed, the CPU memory measured in
+    fresh processes (an even number of runs: the lower middle is reported), targets computed."""
+    import harness
+
+    out = tmp_path / "h.json"
+    harness.main(["--pairs", "cnn", "--variants", "hand,workbench,cache", "--batch-size", "16", "--steps", "2",
+                  "--epochs", "2", "--rounds", "1", "--warmup-rounds", "0", "--memory-runs", "2",
+                  "--out", str(out)])
+    result = json.loads(out.read_text())["pairs"]["cnn"]
+    assert result["steps_timed"] == 2 and result["errors"] == {}
+    assert set(result["samples_per_s"]) == {"hand", "workbench", "cache"}
+    for variant, memory in result["memory"].items():
+        assert len(memory["growths_mb"]) == 2 and memory["peak_mb"] == min(memory["growths_mb"]), variant
+    met = result["targets"]["met"]
+    assert met["cache_1.5x_hand"] is None and met["not_slower_than_torchdistill"] is None
+    assert isinstance(met["within_5pct_of_hand"], bool) and isinstance(met["memory_within_10pct"], bool)
+    assert result["info"]["cache"]["cache_served"] >= 2
