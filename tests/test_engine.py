@@ -235,3 +235,16 @@ def test_the_optimiser_falls_back_where_fused_is_refused(monkeypatch):
     assert isinstance(opt, NoFused) and not opt.defaults.get("fused")
     integers = [torch.zeros(2, dtype=torch.int64)]  # not floating point: fused is not even tried
     assert trainer._optimizer(RunConfig(), integers).defaults.get("fused") is not True
+
+
+def test_a_resumed_run_keeps_this_pytorchs_optimiser_implementation(digits, teacher):
+    """A checkpoint saved by a per-parameter optimiser (an older workbench, or a PyTorch without the
+    fused kernel) resumes with the fused one, and the saved state (momentum, lr) still loads."""
+    run = wb.distill(student(), teacher, digits, methods={"kd": {}}, epochs=1, store=None, progress=False)
+    run._prepare()
+    state = run._state()
+    for group in state["optimizer"]["param_groups"]:
+        group.update(fused=None, foreach=True, lr=0.0123)
+    run._restore(state)
+    assert all(g["fused"] is True and g["foreach"] is None for g in run.optimizer.param_groups)
+    assert run.optimizer.param_groups[0]["lr"] == 0.0123

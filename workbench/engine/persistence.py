@@ -38,7 +38,12 @@ class Persistence:
             for key, value in state["hparams"][name].items():
                 setattr(method, key, value)
         self._task_weight = state["task_weight"]
+        # a checkpoint's param groups carry the implementation flags of the optimiser that saved it
+        # (foreach, fused); this PyTorch's choice stays, whichever PyTorch or device saved it
+        chosen = [{k: g.get(k) for k in ("foreach", "fused")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, flags in zip(self.optimizer.param_groups, chosen):
+            group.update(flags)
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
