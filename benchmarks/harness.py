@@ -190,12 +190,10 @@ def run_compile(*args):
     return run_workbench(*args, compile=True)
 
 
-def run_torchdistill(student, teacher, data, batch_size, steps, device, opts, watch):
+def torchdistill_box(student, teacher, device, epochs: int, steps: int):
+    """torchdistill's ``DistillationBox`` for this KD configuration (its KDLoss in a WeightedSumLoss,
+    SGD, a per-step LambdaLR with our cosine over ``epochs * steps`` steps)."""
     from torchdistill.core.distillation import get_distillation_box
-    layout = torch.channels_last if opts["channels_last"] else torch.preserve_format
-    teacher.to(device=device, memory_format=layout).eval()
-    student.to(device=device, memory_format=layout)
-    epochs = opts["epochs"]
     total = epochs * steps
     kd = {"student_module_path": ".", "student_module_io": "output", "teacher_module_path": ".",
           "teacher_module_io": "output", "temperature": TEMPERATURE, "alpha": TASK_WEIGHT,
@@ -210,7 +208,15 @@ def run_torchdistill(student, teacher, data, batch_size, steps, device, opts, wa
         "scheduler": {"key": "LambdaLR", "scheduling_step": 1,
                       "kwargs": {"lr_lambda": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))}},
     }
-    box = get_distillation_box(teacher, student, {}, config, device, None, False, 1)
+    return get_distillation_box(teacher, student, {}, config, device, None, False, 1)
+
+
+def run_torchdistill(student, teacher, data, batch_size, steps, device, opts, watch):
+    layout = torch.channels_last if opts["channels_last"] else torch.preserve_format
+    teacher.to(device=device, memory_format=layout).eval()
+    student.to(device=device, memory_format=layout)
+    epochs = opts["epochs"]
+    box = torchdistill_box(student, teacher, device, epochs, steps)
     inputs, labels = data.train.x.to(device), data.train.y.to(device)
     if opts["channels_last"]:
         inputs = inputs.contiguous(memory_format=torch.channels_last)

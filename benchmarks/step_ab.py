@@ -1,20 +1,32 @@
-"""The engine's training step against the hand-written step, on the same batch, alternated.
+"""The engine's training step against the hand-written step and torchdistill's, on one batch, alternated.
 
     python benchmarks/step_ab.py --pair resnet --repeats 10
-    python benchmarks/step_ab.py --pair cnn --repeats 300
+    python benchmarks/step_ab.py --pair cnn --repeats 400
 
-One process, one pair of models, one fixed batch: each repeat times the hand-written KD step
-(``overhead.hand_step``: teacher forward under ``no_grad``, student forward, CE + KD, backward,
-SGD and scheduler steps) and the engine's ``Run._train_step`` (scheme step with taps and methods,
-the same backward and optimiser, telemetry), in alternating order, in CPU time of this process.
-The medians isolate what the engine adds to a step from what the harness's whole runs also see
-(data, model construction, run-to-run noise).
-Results: ``benchmarks/results/step_ab_<pair>_cpu.json``.
+One process, one teacher, one fixed batch, one copy of the student (same initial weights) per
+implementation, each with its own optimiser:
+
+  hand          the hand-written KD step (``overhead.hand_step``: teacher forward under ``no_grad``,
+                student forward, CE + KD, backward, SGD step) and the scheduler step, with PyTorch's
+                default SGD (the per-parameter loop on the CPU);
+  hand_fused    the same with ``SGD(fused=True)``, the optimiser the engine builds: what is left
+                between it and ``engine`` is what the engine adds to a step;
+  engine        the engine's ``Run._train_step`` (scheme step with taps and methods, backward,
+                optimiser, scheduler, telemetry rows);
+  torchdistill  its ``DistillationBox`` (the harness's config): ``forward_process`` then
+                ``post_forward_process`` (backward, optimiser and scheduler steps); if installed.
+
+Each repeat runs every implementation once, in an order that rotates from repeat to repeat, timed
+in CPU time of this process. Interleaving single steps (milliseconds) puts every implementation
+under the same machine speed, where whole runs (the harness) take turns over seconds on a machine
+whose speed can change between them. Medians of the repeats; results in
+``benchmarks/results/step_ab_<pair>_cpu.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -27,7 +39,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from harness import LR, PAIRS, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, build, load_data, machine  # noqa: E402
+from harness import (LR, PAIRS, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, build, load_data, machine,  # noqa: E402
+                     torchdistill_box)
 from overhead import hand_step  # noqa: E402
 
 
@@ -42,39 +55,71 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     batch_size = PAIRS[args.pair][4]
     data, _ = load_data(args.pair, batch_size, PAIRS[args.pair][5])
-    teacher, student = build(PAIRS[args.pair][2], data, 0), build(PAIRS[args.pair][3], data, 1)
-    run = wb.distill(student, teacher, data, methods={"kd": {"temperature": TEMPERATURE, "weight": SOFT_WEIGHT}},
+    teacher = build(PAIRS[args.pair][2], data, 0)
+    student = {name: build(PAIRS[args.pair][3], data, 1) for name in ("hand", "hand_fused", "engine", "torchdistill")}
+    run = wb.distill(student["engine"], teacher, data, methods={"kd": {"temperature": TEMPERATURE, "weight": SOFT_WEIGHT}},
                      task_weight=TASK_WEIGHT, lr=LR, epochs=2, batch_size=batch_size, store=None,
                      progress=False, device="cpu")
     run._prepare()  # what fit() does before its loop: connectors, optimiser, device settings
     run._start_telemetry()
     batch = data.train.batch(torch.arange(batch_size))
+    total = run.total_steps
 
-    def hand() -> None:
-        hand_step(teacher, student, run.optimizer, batch.x, batch.y)
-        run.scheduler.step()
+    def hand_optimizer(model, **flags):
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                                    **flags)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+    def hand_with(model, optimizer, scheduler):
+        def step() -> None:
+            hand_step(teacher, model, optimizer, batch.x, batch.y)
+            scheduler.step()
+        return step
 
     def engine_step() -> None:
         run._train_step(batch)
         run._start_telemetry()  # the telemetry read is not part of a step
 
-    times = {hand: [], engine_step: []}
+    steps = {"hand": hand_with(student["hand"], *hand_optimizer(student["hand"])),
+             "hand_fused": hand_with(student["hand_fused"], *hand_optimizer(student["hand_fused"], fused=True)),
+             "engine": engine_step}
+    try:
+        box = torchdistill_box(student["torchdistill"], teacher, torch.device("cpu"), 2, total // 2)
+
+        def torchdistill_step() -> None:
+            box.post_forward_process(box.forward_process(batch.x, batch.y, None))
+
+        box.pre_epoch_process(epoch=0)
+        steps["torchdistill"] = torchdistill_step
+    except ImportError:
+        print("torchdistill is not installed: its step is left out")
+    names = list(steps)
+    times = {name: [] for name in names}
     for repeat in range(args.repeats):
-        # the order alternates too: the second of two steps finds caches warmed by the first
-        for step in (hand, engine_step) if repeat % 2 == 0 else (engine_step, hand):
+        # the order rotates too: a step run after another finds caches warmed by it
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
             started = time.process_time()
-            step()
-            times[step].append(time.process_time() - started)
-    hand_times, engine_times = times[hand], times[engine_step]
+            steps[name]()
+            times[name].append(time.process_time() - started)
+    steps_ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     result = {"benchmark": "step_ab", "pair": args.pair, "batch_size": batch_size, "repeats": args.repeats,
-              "hand_step_ms": statistics.median(hand_times) * 1e3,
-              "engine_step_ms": statistics.median(engine_times) * 1e3,
+              "steps_ms": steps_ms, "hand_step_ms": steps_ms["hand"], "engine_step_ms": steps_ms["engine"],
+              "ratio_to_engine": {name: steps_ms[name] / steps_ms["engine"] for name in names},
               "machine": machine(torch.device("cpu"))}
-    result["engine_vs_hand"] = result["engine_step_ms"] / result["hand_step_ms"]
+    # as in the harness: > 1 when the engine is faster (time of the other / time of the engine)
+    result["engine_vs_hand"] = steps_ms["hand"] / steps_ms["engine"]
+    result["engine_vs_hand_fused"] = steps_ms["hand_fused"] / steps_ms["engine"]
+    if "torchdistill" in steps_ms:
+        result["engine_vs_torchdistill"] = steps_ms["torchdistill"] / steps_ms["engine"]
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"step_ab_{args.pair}_cpu.json")
     out.write_text(json.dumps(result, indent=2))
-    print(f"{args.pair}: hand step {result['hand_step_ms']:.3f} ms, engine step {result['engine_step_ms']:.3f} ms "
-          f"(engine / hand {result['engine_vs_hand']:.3f}), median of {args.repeats} alternated repeats -> {out}")
+    print(f"{args.pair}: median step of {args.repeats} interleaved repeats: "
+          + ", ".join(f"{name} {ms:.3f} ms" for name, ms in steps_ms.items())
+          + f"; engine speed / hand {result['engine_vs_hand']:.3f}, / hand_fused {result['engine_vs_hand_fused']:.3f}"
+          + (f", / torchdistill {result['engine_vs_torchdistill']:.3f}" if "torchdistill" in steps_ms else "")
+          + f" -> {out}")
     return result
 
 

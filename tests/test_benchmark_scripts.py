@@ -43,6 +43,8 @@ def test_the_hand_step_and_the_engine_step_make_the_same_update():
 def test_step_ab_and_profile_step_run_on_the_cnn_pair(tmp_path):
     ab = step_ab.main(["--pair", "cnn", "--repeats", "3", "--out", str(tmp_path / "ab.json")])
     assert ab["hand_step_ms"] > 0 and ab["engine_step_ms"] > 0
+    assert set(ab["steps_ms"]) == {"hand", "hand_fused", "engine", "torchdistill"}  # torchdistill: a dev dependency
+    assert ab["engine_vs_torchdistill"] == ab["steps_ms"]["torchdistill"] / ab["steps_ms"]["engine"]
     assert json.loads((tmp_path / "ab.json").read_text())["pair"] == "cnn"
     profile_step.main(["--pair", "cnn", "--steps", "30", "--warmup", "1", "--out", str(tmp_path / "p.json")])
     profile = json.loads((tmp_path / "p.json").read_text())
