@@ -12,6 +12,7 @@ import workbench as wb
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import optimizer_step  # noqa: E402
 import overhead  # noqa: E402
 import profile_step  # noqa: E402
 import step_ab  # noqa: E402
@@ -85,3 +86,11 @@ def test_the_harness_times_and_measures_each_variant_and_checks_the_targets(tmp_
     assert met["cache_1.5x_hand"] is None and met["not_slower_than_torchdistill"] is None
     assert isinstance(met["within_5pct_of_hand"], bool) and isinstance(met["memory_within_10pct"], bool)
     assert result["info"]["cache"]["cache_served"] >= 2
+
+
+def test_optimizer_step_times_each_implementation_and_they_agree(tmp_path):
+    result = optimizer_step.main(["--repeats", "3", "--out", str(tmp_path / "o.json")])
+    assert set(result["students"]) == {"resnet8x4", "wrn_16_2", "mlp"}
+    for row in result["students"].values():
+        assert row["loop_us"] > 0 and row["fused_us"] > 0 and row["foreach_us"] > 0
+        assert row["fused_max_abs_diff_from_loop"] < 1e-5 and row["foreach_max_abs_diff_from_loop"] < 1e-5
