@@ -19,7 +19,8 @@ implementation, each with its own optimiser:
 Each repeat runs every implementation once, in an order that rotates from repeat to repeat, timed
 in CPU time of this process. Interleaving single steps (milliseconds) puts every implementation
 under the same machine speed, where whole runs (the harness) take turns over seconds on a machine
-whose speed can change between them. Medians of the repeats; results in
+whose speed can change between them. Medians of the repeats, and the number of ATen operators
+each implementation's step dispatches (profiled once after the timing); results in
 ``benchmarks/results/step_ab_<pair>_cpu.json``.
 """
 from __future__ import annotations
@@ -42,6 +43,16 @@ import workbench as wb  # noqa: E402
 from harness import (LR, PAIRS, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, build, load_data, machine,  # noqa: E402
                      torchdistill_box)
 from overhead import hand_step  # noqa: E402
+
+
+def aten_ops(step) -> int:
+    """How many ATen operators one call of ``step`` dispatches (nested calls included), from the
+    PyTorch profiler: on a GPU each of the leaf ones is a kernel launch, the fixed cost that
+    dominates small models there."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(1 for event in prof.events() if event.name.startswith("aten::"))
 
 
 def main(argv=None) -> dict:
@@ -105,7 +116,7 @@ def main(argv=None) -> dict:
             times[name].append(time.process_time() - started)
     steps_ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     result = {"benchmark": "step_ab", "pair": args.pair, "batch_size": batch_size, "repeats": args.repeats,
-              "steps_ms": steps_ms, "hand_step_ms": steps_ms["hand"], "engine_step_ms": steps_ms["engine"],
+              "steps_ms": steps_ms, "aten_ops_per_step": {name: aten_ops(step) for name, step in steps.items()}, "hand_step_ms": steps_ms["hand"], "engine_step_ms": steps_ms["engine"],
               "ratio_to_engine": {name: steps_ms[name] / steps_ms["engine"] for name in names},
               "machine": machine(torch.device("cpu"))}
     # as in the harness: > 1 when the engine is faster (time of the other / time of the engine)
@@ -119,6 +130,7 @@ def main(argv=None) -> dict:
           + ", ".join(f"{name} {ms:.3f} ms" for name, ms in steps_ms.items())
           + f"; engine speed / hand {result['engine_vs_hand']:.3f}, / hand_fused {result['engine_vs_hand_fused']:.3f}"
           + (f", / torchdistill {result['engine_vs_torchdistill']:.3f}" if "torchdistill" in steps_ms else "")
+          + "; ATen ops per step: " + ", ".join(f"{n} {c}" for n, c in result["aten_ops_per_step"].items())
           + f" -> {out}")
     return result
 

@@ -46,6 +46,12 @@ def test_step_ab_and_profile_step_run_on_the_cnn_pair(tmp_path):
     assert ab["hand_step_ms"] > 0 and ab["engine_step_ms"] > 0
     assert set(ab["steps_ms"]) == {"hand", "hand_fused", "engine", "torchdistill"}  # torchdistill: a dev dependency
     assert ab["engine_vs_torchdistill"] == ab["steps_ms"]["torchdistill"] / ab["steps_ms"]["engine"]
+    # operators dispatched per step (on a GPU, launches): the fused optimiser saves several per
+    # parameter, and the engine adds only a handful to the hand step with the same optimiser
+    # (the argmax for the training accuracy, the detached telemetry terms)
+    ops = ab["aten_ops_per_step"]
+    assert ops["hand_fused"] < ops["hand"] - 20
+    assert ops["hand_fused"] <= ops["engine"] <= ops["hand_fused"] + 10
     assert json.loads((tmp_path / "ab.json").read_text())["pair"] == "cnn"
     profile_step.main(["--pair", "cnn", "--steps", "30", "--warmup", "1", "--out", str(tmp_path / "p.json")])
     profile = json.loads((tmp_path / "p.json").read_text())
