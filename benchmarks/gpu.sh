@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements in one go, about 6 minutes on one H100/H200-class GPU (9 at most):
 #   bash benchmarks/gpu.sh [OUT_DIR]      (default OUT_DIR: benchmarks/results)
-# writes OUT_DIR/gpu_harness.json   hand loop / workbench / cache / torchdistill / workbench_fp32, 3 pairs
+# writes OUT_DIR/gpu_harness.json   hand loop (default and fused SGD) / workbench / cache / torchdistill, 3 pairs
 #        OUT_DIR/gpu_profile.json   where one step's time goes (resnet32x4 -> resnet8x4, batch 128)
 #        OUT_DIR/gpu_scaling.json   seconds per epoch against batch, student, teacher, data size
 #        OUT_DIR/gpu_scaling.svg    the same as a figure
@@ -37,7 +37,7 @@ step() {
 step tests timeout 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider -rs -m "not slow" tests/test_cuda.py \
     tests/test_gpu_path.py
 
-VARIANTS=hand,workbench,cache,torchdistill,workbench_fp32
+VARIANTS=hand,hand_fused,workbench,cache,torchdistill  # run 3 also timed workbench_fp32 (docs/benchmarks.md)
 NO_MEMORY=""; [ "$DEVICE" = cpu ] && NO_MEMORY=--no-memory  # a dry run: the CPU memory probes take minutes
 case " $PARTS " in *" harness "*) rm -f "$OUT_DIR/gpu_harness.json" ;; esac  # the cnn part merges into this run's file only
 step harness timeout 200 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs resnet,wrn --batch-size "$BATCH" \

@@ -51,12 +51,13 @@ def hand_step(teacher, student, optimizer, x, y, amp: bool = False) -> None:
 
 
 def hand_loop(student, teacher, data, batch_size, epochs, seed, device="cpu", amp=False,
-              channels_last=False, on_epoch_end=None):
+              channels_last=False, on_epoch_end=None, fused=False):
     """The minimal loop: teacher forward under no_grad, student forward+backward, KD, SGD step.
 
     On a GPU it is written as a careful user would: the whole training split moved to the device
     once, batches gathered there by index, bf16 autocast (``amp``) and NHWC (``channels_last``) when
-    asked. ``on_epoch_end(epoch)`` is called after each epoch's last step (the harness times there).
+    asked; ``fused``: ``SGD(fused=True)`` (the workbench's optimiser) instead of PyTorch's default.
+    ``on_epoch_end(epoch)`` is called after each epoch's last step (the harness times there).
     """
     device = torch.device(device)
     layout = torch.channels_last if channels_last else torch.preserve_format
@@ -65,7 +66,8 @@ def hand_loop(student, teacher, data, batch_size, epochs, seed, device="cpu", am
     inputs, labels = data.train.x.to(device), data.train.y.to(device)
     if channels_last and inputs.dim() == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                                **({"fused": True} if fused else {}))
     total = epochs * (len(data.train) // batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))

@@ -80,12 +80,12 @@ def test_the_harness_times_and_measures_each_variant_and_checks_the_targets(tmp_
     import harness
 
     out = tmp_path / "h.json"
-    harness.main(["--pairs", "cnn", "--variants", "hand,workbench,cache", "--batch-size", "16", "--steps", "2",
+    harness.main(["--pairs", "cnn", "--variants", "hand,hand_fused,workbench,cache", "--batch-size", "16", "--steps", "2",
                   "--epochs", "2", "--rounds", "1", "--warmup-rounds", "0", "--memory-runs", "2",
                   "--out", str(out)])
     result = json.loads(out.read_text())["pairs"]["cnn"]
     assert result["steps_timed"] == 2 and result["errors"] == {}
-    assert set(result["samples_per_s"]) == {"hand", "workbench", "cache"}
+    assert set(result["samples_per_s"]) == {"hand", "hand_fused", "workbench", "cache"}
     for variant, memory in result["memory"].items():
         assert len(memory["growths_mb"]) == 2 and memory["peak_mb"] == min(memory["growths_mb"]), variant
     met = result["targets"]["met"]
