@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import re
@@ -68,7 +67,7 @@ import workbench as wb  # noqa: E402
 from workbench.engine.config import RunConfig  # noqa: E402
 from workbench.engine.distributed import resolve_settings  # noqa: E402
 from workbench.engine.events import Callback  # noqa: E402
-from overhead import LR, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, hand_loop  # noqa: E402
+from overhead import LR, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, cosine, hand_loop  # noqa: E402
 
 #: name -> (dataset, loader args, teacher spec, student spec, CPU batch, CPU steps per epoch)
 PAIRS = {
@@ -213,7 +212,7 @@ def torchdistill_box(student, teacher, device, epochs: int, steps: int):
                       "kwargs": {"sub_terms": {"kd": {"criterion": {"key": "KDLoss", "kwargs": kd}, "weight": 1.0}}}},
         "optimizer": {"key": "SGD", "kwargs": {"lr": LR, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}},
         "scheduler": {"key": "LambdaLR", "scheduling_step": 1,
-                      "kwargs": {"lr_lambda": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))}},
+                      "kwargs": {"lr_lambda": cosine(total)}},
     }
     return get_distillation_box(teacher, student, {}, config, device, None, False, 1)
 

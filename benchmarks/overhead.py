@@ -37,6 +37,19 @@ def build(spec, data, seed):
     return wb.models.build(spec[0], num_classes=data.num_classes, in_channels=data.in_channels, **spec[1])
 
 
+def cosine(total: int):
+    """The per-step cosine learning-rate factor over ``total`` steps (the workbench's schedule)."""
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+
+
+def hand_optimizer(student, total: int, fused: bool = False):
+    """The hand loop's SGD (PyTorch's default implementation, or ``fused=True``) and its per-step
+    cosine schedule over ``total`` steps: (optimizer, scheduler)."""
+    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                                **({"fused": True} if fused else {}))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(total))
+
+
 def hand_step(teacher, student, optimizer, x, y, amp: bool = False) -> None:
     """One step of the minimal loop: teacher forward under no_grad, student forward, CE + KD,
     backward, optimiser step (bf16 autocast on CUDA when ``amp``)."""
@@ -66,11 +79,8 @@ def hand_loop(student, teacher, data, batch_size, epochs, seed, device="cpu", am
     inputs, labels = data.train.x.to(device), data.train.y.to(device)
     if channels_last and inputs.dim() == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True,
-                                **({"fused": True} if fused else {}))
     total = epochs * (len(data.train) // batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    optimizer, scheduler = hand_optimizer(student, total, fused)
     torch.manual_seed(seed)
     for epoch in range(epochs):
         student.train()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -42,13 +41,13 @@ import torch  # noqa: E402
 import workbench as wb  # noqa: E402
 from harness import (LR, PAIRS, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, build, load_data, machine,  # noqa: E402
                      torchdistill_box)
-from overhead import hand_step  # noqa: E402
+from overhead import hand_optimizer, hand_step  # noqa: E402
 
 
 def aten_ops(step) -> int:
     """How many ATen operators one call of ``step`` dispatches (nested calls included), from the
-    PyTorch profiler: on a GPU each of the leaf ones is a kernel launch, the fixed cost that
-    dominates small models there."""
+    PyTorch profiler: on a GPU most of them (all but views and allocations) are kernel launches,
+    the fixed cost that dominates small models there."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -76,12 +75,6 @@ def main(argv=None) -> dict:
     batch = data.train.batch(torch.arange(batch_size))
     total = run.total_steps
 
-    def hand_optimizer(model, **flags):
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True,
-                                    **flags)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-
     def hand_with(model, optimizer, scheduler):
         def step() -> None:
             hand_step(teacher, model, optimizer, batch.x, batch.y)
@@ -92,8 +85,8 @@ def main(argv=None) -> dict:
         run._train_step(batch)
         run._start_telemetry()  # the telemetry read is not part of a step
 
-    steps = {"hand": hand_with(student["hand"], *hand_optimizer(student["hand"])),
-             "hand_fused": hand_with(student["hand_fused"], *hand_optimizer(student["hand_fused"], fused=True)),
+    steps = {"hand": hand_with(student["hand"], *hand_optimizer(student["hand"], total)),
+             "hand_fused": hand_with(student["hand_fused"], *hand_optimizer(student["hand_fused"], total, fused=True)),
              "engine": engine_step}
     try:
         box = torchdistill_box(student["torchdistill"], teacher, torch.device("cpu"), 2, total // 2)
@@ -116,8 +109,8 @@ def main(argv=None) -> dict:
             times[name].append(time.process_time() - started)
     steps_ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     result = {"benchmark": "step_ab", "pair": args.pair, "batch_size": batch_size, "repeats": args.repeats,
-              "steps_ms": steps_ms, "aten_ops_per_step": {name: aten_ops(step) for name, step in steps.items()}, "hand_step_ms": steps_ms["hand"], "engine_step_ms": steps_ms["engine"],
-              "ratio_to_engine": {name: steps_ms[name] / steps_ms["engine"] for name in names},
+              "steps_ms": steps_ms, "aten_ops_per_step": {name: aten_ops(step) for name, step in steps.items()},
+              "hand_step_ms": steps_ms["hand"], "engine_step_ms": steps_ms["engine"],
               "machine": machine(torch.device("cpu"))}
     # as in the harness: > 1 when the engine is faster (time of the other / time of the engine)
     result["engine_vs_hand"] = steps_ms["hand"] / steps_ms["engine"]

@@ -100,7 +100,7 @@ def weights_checksum(model: nn.Module, chunk: int = 2 ** 20) -> int:
         total = part if total is None else total + part
         count += 1
 
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in _parameters_and_buffers(model):
         flat = t.detach().permute(layout(t)).reshape(-1)  # memory order: a view, no copy
         bits = flat.view(_INT_OF_SIZE[flat.element_size()])
         words = bits.view(torch.int32) if bits.element_size() >= 4 else bits.to(torch.int32)
@@ -132,8 +132,12 @@ def _MIXED() -> None:
     return None
 
 
-def _versions(model: nn.Module) -> tuple[tuple[int, int], ...]:
-    return tuple((id(t), t._version) for t in [*model.parameters(), *model.buffers()])
+def _parameters_and_buffers(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _versions(tensors: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    return tuple((id(t), t._version) for t in tensors)
 
 
 class TeacherCache:
@@ -259,9 +263,9 @@ class TeacherCache:
                         "the batch; a cached teacher must be frozen (eval mode)")
             return
         if self._versions is None:
-            self._tensors = [*teacher.parameters(), *teacher.buffers()]
+            self._tensors = _parameters_and_buffers(teacher)
             self._version_sum = sum(t._version for t in self._tensors)
-            self._versions, self._weights, self._epoch = _versions(teacher), weights_checksum(teacher), epoch
+            self._versions, self._weights, self._epoch = _versions(self._tensors), weights_checksum(teacher), epoch
             return
         # every step: version counters only grow, so their sum moves with any in-place write
         # (an optimiser step, load_state_dict, torch.no_grad() updates); tens of microseconds,
@@ -271,7 +275,7 @@ class TeacherCache:
                         "(a parameter or buffer was updated in place)")
         elif epoch != self._epoch:  # once an epoch: a replaced tensor, and the contents themselves
             self._epoch = epoch
-            if _versions(teacher) != self._versions:
+            if _versions(_parameters_and_buffers(teacher)) != self._versions:
                 self.refuse("the teacher's weights changed since its outputs were stored "
                             "(a parameter or buffer was replaced)")
             elif weights_checksum(teacher) != self._weights:
