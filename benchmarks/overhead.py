@@ -52,8 +52,8 @@ def hand_optimizer(student, total: int, fused: bool = False):
 
 def hand_step(teacher, student, optimizer, x, y, amp: bool = False) -> None:
     """One step of the minimal loop: teacher forward under no_grad, student forward, CE + KD,
-    backward, optimiser step (bf16 autocast on CUDA when ``amp``)."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    backward, optimiser step (bf16 autocast on the inputs' device when ``amp``)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         with torch.no_grad():
             teacher_logits = teacher(x)
         logits = student(x)

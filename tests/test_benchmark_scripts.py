@@ -44,15 +44,28 @@ def test_the_hand_step_and_the_engine_step_make_the_same_update():
 def test_step_ab_and_profile_step_run_on_the_cnn_pair(tmp_path):
     ab = step_ab.main(["--pair", "cnn", "--repeats", "3", "--out", str(tmp_path / "ab.json")])
     assert ab["hand_step_ms"] > 0 and ab["engine_step_ms"] > 0
-    assert set(ab["steps_ms"]) == {"hand", "hand_fused", "engine", "torchdistill"}  # torchdistill: a dev dependency
+    # torchdistill: a dev dependency
+    assert set(ab["steps_ms"]) == {"hand", "hand_fused", "engine", "cache", "torchdistill"}
     assert ab["engine_vs_torchdistill"] == ab["steps_ms"]["torchdistill"] / ab["steps_ms"]["engine"]
+    assert ab["cache_vs_torchdistill"] == ab["steps_ms"]["torchdistill"] / ab["steps_ms"]["cache"]
     # operators dispatched per step (on a GPU, launches): the fused optimiser saves several per
     # parameter, and the engine adds only a handful to the hand step with the same optimiser
     # (the argmax for the training accuracy, the detached telemetry terms)
     ops = ab["aten_ops_per_step"]
     assert ops["hand_fused"] < ops["hand"] - 20
     assert ops["hand_fused"] <= ops["engine"] <= ops["hand_fused"] + 10
+    # a served step skips the teacher's forward (90 operators in float32) and looks nothing up
+    # on the host once every row is stored: at most a handful more than the hand step without it
+    teacher_ops = 90
+    assert ops["cache"] <= ops["hand_fused"] - teacher_ops + 10
     assert json.loads((tmp_path / "ab.json").read_text())["pair"] == "cnn"
+    # the GPU's regime: autocast's casts are operators too, in every implementation alike
+    amp = step_ab.main(["--pair", "cnn", "--repeats", "3", "--amp", "--batch-size", "4",
+                        "--out", str(tmp_path / "amp.json")])
+    amp_ops = amp["aten_ops_per_step"]
+    assert amp["amp"] and amp["batch_size"] == 4
+    assert all(amp_ops[name] > ops[name] for name in ops)
+    assert amp_ops["hand_fused"] <= amp_ops["engine"] <= amp_ops["hand_fused"] + 10
     profile_step.main(["--pair", "cnn", "--steps", "30", "--warmup", "1", "--out", str(tmp_path / "p.json")])
     profile = json.loads((tmp_path / "p.json").read_text())
     assert profile["phases_ms"]["telemetry"] > 0 and profile["engine_step_ms"] > 0

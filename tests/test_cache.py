@@ -286,13 +286,19 @@ def device_resident(monkeypatch):
     return hashed
 
 
-def test_device_resident_batches_are_served_unhashed_and_unchanged(digits, teacher, device_resident):
+def test_device_resident_batches_are_served_unhashed_and_unchanged(digits, teacher, device_resident,
+                                                                 monkeypatch):
     plain = distill(digits, teacher, Offline()).fit()
     device_resident.clear()
+    looked_up = []
+    real_keys = TeacherCache._keys
+    monkeypatch.setattr(TeacherCache, "_keys", lambda self, batch: looked_up.append(1) or real_keys(self, batch))
     cached = distill(digits, teacher).fit()
     assert cached.settings.data_on_device and cached.scheme.cache.served == 8
     batches = [shape for shape in device_resident if shape == (BATCH, 1, 8, 8)]
     assert len(batches) == 4                    # the 4 filling batches of epoch 0; none served after
+    # once every row is stored, a served batch needs no host-side look-up of its rows either
+    assert len(looked_up) == 4
     assert cached.history == plain.history and torch.equal(params(cached.student), params(plain.student))
 
 
@@ -326,3 +332,20 @@ def test_rows_stored_from_elsewhere_turn_the_unchecked_path_off(teacher):
     changed = wb.data.Batch(batch.x + 1, batch.y, rows)
     with pytest.warns(RuntimeWarning, match="an input differs"):
         cache.outputs(changed, model, forward, rows=(rows, split))
+
+
+def test_a_device_copy_of_another_size_is_never_served_unchecked():
+    """Rows of a copy longer than the cached split could index past its rows: such a copy never
+    becomes the source of the unchecked path, so every batch of it is looked up and hashed."""
+    cache = TeacherCache(size=2)
+    model = torch.nn.Linear(3, 2).eval()
+    forward = lambda b: wb.Outputs(model(b.x))   # noqa: E731
+    split = torch.randn(6, 3)
+    rows = torch.tensor([0, 1])
+    batch = wb.data.Batch(split[rows], torch.tensor([0, 1]), rows)
+    cache.outputs(batch, model, forward, rows=(rows, split))   # fills both rows: complete
+    assert cache._complete
+    outside = wb.data.Batch(split[torch.tensor([4, 5])], torch.tensor([0, 1]), torch.tensor([4, 5]))
+    with pytest.warns(RuntimeWarning, match="outside the 2 rows"):
+        cache.outputs(outside, model, forward, rows=(torch.tensor([4, 5]), split))
+    assert cache.served == 0

@@ -253,9 +253,9 @@ class Run(Persistence):
 
     def _precision(self):
         """bf16 autocast on a GPU when ``amp`` (training, the first batch and evaluation alike),
-        else nothing."""
+        else nothing. On the run's device type, so a benchmark can switch it on for the CPU."""
         if getattr(self, "_autocast", False):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _train_step(self, batch: Batch) -> None:
