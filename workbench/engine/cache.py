@@ -40,7 +40,9 @@ the trainer keeps the training split on the device and gathers each batch from t
 it yields unchanged (same tensor, no in-place write since) whose rows were all stored from that
 same copy is served with no hash and no host read, so a served step never waits for the GPU (the
 teacher-weight checks stay: identities and versions every step, the contents once an epoch, which
-is one host read an epoch). Anything else (a scheme that transforms batches, seeded views, pinned
+is one host read an epoch); once every row is stored, such a batch is not even looked up on the
+host (which rows are stored, whether its indices are in range): one gather on the device serves
+it, about twenty operators fewer a step than looking it up. Anything else (a scheme that transforms batches, seeded views, pinned
 per-batch copies, a split modified and copied again) takes the checked path.
 """
 from __future__ import annotations
