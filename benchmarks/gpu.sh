@@ -2,6 +2,8 @@
 # The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (8 at most; 9 with compile):
 #   bash benchmarks/gpu.sh [OUT_DIR]      (default OUT_DIR: benchmarks/results)
 # writes OUT_DIR/gpu_harness.json   hand loop (default and fused SGD) / workbench / cache / torchdistill, 3 pairs
+#        OUT_DIR/gpu_step_ab_cnn.json  single steps of cnn -> mlp interleaved: hand loop (default and
+#                                   fused SGD) / engine / cache / torchdistill, the steadier comparison
 #        OUT_DIR/gpu_profile.json   where one step's time goes (resnet32x4 -> resnet8x4, batch 128)
 #        OUT_DIR/gpu_scaling.json   seconds per epoch against batch, student, teacher, data size
 #        OUT_DIR/gpu_scaling.svg    the same as a figure
@@ -10,8 +12,8 @@
 # It first runs the CUDA tests (tests/test_cuda.py and the GPU-path tests; their output goes to the log).
 # Each step has its own time limit, in order of importance, so a slow step cannot take the rest.
 # torchdistill is used if installed, else from a wheel in .whl/ (pip download torchdistill --no-deps).
-# KDWB_GPU_PARTS names the parts to run (default: tests harness profile scaling; add compile for
-# the torch.compile comparison, about a minute more).
+# KDWB_GPU_PARTS names the parts to run (default: tests harness step_ab profile scaling; add compile
+# for the torch.compile comparison, about a minute more).
 # A dry run of every command on the CPU, small:  KDWB_BENCH_DEVICE=cpu KDWB_BENCH_BATCH=16 \
 #     KDWB_BENCH_STEPS=2 bash benchmarks/gpu.sh /tmp/gpu_dry   (the CUDA tests skip there)
 set -u -o pipefail
@@ -29,7 +31,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT_DIR/gpu_nvidia_smi.csv" 2>&1
 "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
     torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
-PARTS="${KDWB_GPU_PARTS:-tests harness profile scaling}"  # a rerun may name fewer, or add compile
+PARTS="${KDWB_GPU_PARTS:-tests harness step_ab profile scaling}"  # a rerun may name fewer, or add compile
 step() {
     case " $PARTS " in *" $1 "*) ;; *) echo "== $1: skipped (not in KDWB_GPU_PARTS)"; return ;; esac
     echo "== $(date +%T) $1"; shift; "$@" || echo "== exit status $? (a time limit is 124)"
@@ -47,6 +49,9 @@ step harness timeout 200 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs 
 # where 3 epochs gave 20 steps of ~3 ms and rounds that moved by 15%)
 step harness timeout 60 "$PY" benchmarks/harness.py --device "$DEVICE" --pairs cnn --batch-size "$BATCH" \
     --steps "$STEPS" --epochs 11 --rounds 7 --variants "$VARIANTS" --out "$OUT_DIR/gpu_harness.json" --merge $NO_MEMORY
+# the cnn pair's steps are ~3 ms of launching kernels: 1,000 interleaved single steps of each (~20 s)
+step step_ab timeout 90 "$PY" benchmarks/step_ab.py --device "$DEVICE" --pair cnn --batch-size "$BATCH" --repeats 1000 \
+    --out "$OUT_DIR/gpu_step_ab_cnn.json"
 step profile timeout 40 "$PY" benchmarks/profile_step.py --device "$DEVICE" --pair resnet --batch-size "$BATCH" --steps "$((STEPS * 2))" \
     --out "$OUT_DIR/gpu_profile.json"
 step scaling timeout 75 "$PY" benchmarks/scaling.py --device "$DEVICE" --repeats 1 --out "$OUT_DIR/gpu_scaling.json" \

@@ -3,6 +3,7 @@
     python benchmarks/step_ab.py --pair resnet --repeats 10
     python benchmarks/step_ab.py --pair cnn --repeats 400
     python benchmarks/step_ab.py --pair cnn --amp --batch-size 8 --repeats 1000   # the GPU's regime
+    python benchmarks/step_ab.py --device cuda --pair cnn --batch-size 128 --repeats 300   # on a GPU
 
 One process, one teacher, one fixed batch, one copy of the student (same initial weights) per
 implementation, each with its own optimiser:
@@ -21,11 +22,13 @@ implementation, each with its own optimiser:
                 ``post_forward_process`` (backward, optimiser and scheduler steps); if installed.
 
 Each repeat runs every implementation once, in an order that rotates from repeat to repeat, timed
-in CPU time of this process. Interleaving single steps (milliseconds) puts every implementation
+in CPU time of this process (on CUDA: wall-clock time between device syncs before and after the
+step, with the workbench's CUDA settings, bf16 autocast and channels_last, for every
+implementation, and the training split on the device). Interleaving single steps (milliseconds) puts every implementation
 under the same machine speed, where whole runs (the harness) take turns over seconds on a machine
 whose speed can change between them. Medians of the repeats, and the number of ATen operators
 each implementation's step dispatches (profiled once after the timing); results in
-``benchmarks/results/step_ab_<pair>[_amp][_b<batch>]_cpu.json``.
+``benchmarks/results/step_ab_<pair>[_amp][_b<batch>]_<cpu|cuda>.json``.
 
 The GPU's regime on the CPU: on a GPU the small pairs are bound by the host, which spends each
 step dispatching operators (the GPU finishes each kernel before the next is launched). ``--amp``
@@ -52,7 +55,7 @@ import torch  # noqa: E402
 
 import workbench as wb  # noqa: E402
 from harness import (LR, PAIRS, SOFT_WEIGHT, TASK_WEIGHT, TEMPERATURE, build, load_data, machine,  # noqa: E402
-                     torchdistill_box)
+                     settings_for, sync, torchdistill_box)
 from overhead import hand_optimizer, hand_step  # noqa: E402
 from workbench.engine import distributed  # noqa: E402
 
@@ -75,26 +78,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the pair's CPU batch")
     parser.add_argument("--amp", action="store_true",
-                        help="bf16 autocast on the CPU around every implementation's forward passes")
+                        help="bf16 autocast on the CPU around every implementation's forward passes "
+                             "(on CUDA it is on: the workbench's default there)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error(f"--repeats must be at least 3, got {args.repeats}")
     if args.batch_size is not None and args.batch_size < 2:
         parser.error(f"--batch-size must be at least 2, got {args.batch_size}")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but CUDA is not available here")
     torch.set_num_threads(1)
+    amp = args.amp or cuda
     batch_size = args.batch_size or PAIRS[args.pair][4]
     data, steps_per_epoch = load_data(args.pair, batch_size, PAIRS[args.pair][5])
-    teacher = build(PAIRS[args.pair][2], data, 0)
-    student = {name: build(PAIRS[args.pair][3], data, 1) for name in IMPLEMENTATIONS}
-    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
+    settings = settings_for(device, data)  # the workbench's defaults there, for every implementation
+    layout = torch.channels_last if settings["channels_last"] else torch.preserve_format
+    teacher = build(PAIRS[args.pair][2], data, 0).to(device=device, memory_format=layout).eval()
+    student = {name: build(PAIRS[args.pair][3], data, 1).to(device=device, memory_format=layout)
+               for name in IMPLEMENTATIONS}
+    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     def engine_run(model, **scheme_args):
         run = wb.distill(model, teacher, data, methods={"kd": {"temperature": TEMPERATURE, "weight": SOFT_WEIGHT}},
                          scheme_args=scheme_args or None, task_weight=TASK_WEIGHT, lr=LR, epochs=2,
-                         batch_size=batch_size, store=None, progress=False, device="cpu")
+                         batch_size=batch_size, store=None, progress=False, device=str(device))
         run._prepare()  # what fit() does before its loop: connectors, optimiser, device settings
-        run._autocast = args.amp  # what _prepare sets on CUDA when amp (the default)
+        run._autocast = amp  # what _prepare sets on CUDA (amp is the default there)
         run._start_telemetry()
         return run
 
@@ -105,11 +118,14 @@ def main(argv=None) -> dict:
         return step
 
     run = engine_run(student["engine"])
-    batch = data.train.batch(torch.arange(batch_size))
+    batch = data.train.batch(torch.arange(batch_size)).to(device)
+    if settings["channels_last"] and batch.x.dim() == 4:
+        batch.x = batch.x.contiguous(memory_format=torch.channels_last)
     total = run.total_steps
     cached = engine_run(student["cache"], cache=True)
-    # the training split as the trainer keeps it on a GPU, and one epoch to fill the cache
-    cached._device_train = distributed._to_device(data.train, cached.settings)
+    # the training split as the trainer keeps it on a GPU (there it did), and one epoch to fill the cache
+    if cached._device_train is None:
+        cached._device_train = distributed._to_device(data.train, cached.settings)
     for filling in cached.scheme.batches(torch.Generator().manual_seed(0)):
         cached._train_step(filling)
     cached.epoch = 1
@@ -118,7 +134,7 @@ def main(argv=None) -> dict:
 
     def hand_with(model, optimizer, scheduler):
         def step() -> None:
-            hand_step(teacher, model, optimizer, batch.x, batch.y, amp=args.amp)  # autocast on x's device
+            hand_step(teacher, model, optimizer, batch.x, batch.y, amp=amp)  # autocast on x's device
             scheduler.step()
         return step
 
@@ -126,7 +142,7 @@ def main(argv=None) -> dict:
              "hand_fused": hand_with(student["hand_fused"], *hand_optimizer(student["hand_fused"], total, fused=True)),
              "engine": engine_with(run, batch), "cache": engine_with(cached, served)}
     try:
-        box = torchdistill_box(student["torchdistill"], teacher, torch.device("cpu"), 2, total // 2)
+        box = torchdistill_box(student["torchdistill"], teacher, device, 2, total // 2)
 
         def torchdistill_step() -> None:
             with precision():
@@ -139,23 +155,28 @@ def main(argv=None) -> dict:
         print("torchdistill is not installed: its step is left out")
     names = list(steps)
     times = {name: [] for name in names}
+    clock = time.perf_counter if cuda else time.process_time
     for repeat in range(args.repeats):
         # the order rotates too: a step run after another finds caches warmed by it
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
-            started = time.process_time()
+            sync(device)
+            started = clock()
             steps[name]()
-            times[name].append(time.process_time() - started)
+            sync(device)
+            times[name].append(clock() - started)
     steps_ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     cache = cached.scheme.cache
     if cache.reason is not None or cache.served < args.repeats or cache.teacher_forwards != steps_per_epoch:
         raise RuntimeError(f"the cache did not serve every timed step (served {cache.served}, teacher "
                            f"forwards {cache.teacher_forwards}, reason {cache.reason!r})")
-    result = {"benchmark": "step_ab", "pair": args.pair, "batch_size": batch_size, "amp": args.amp,
+    result = {"benchmark": "step_ab", "pair": args.pair, "batch_size": batch_size, "amp": amp,
+              "channels_last": settings["channels_last"], "device": str(device),
+              "clock": "wall, device synced" if cuda else "process CPU time",
               "repeats": args.repeats, "steps_ms": steps_ms,
               "aten_ops_per_step": {name: aten_ops(step) for name, step in steps.items()},
               "hand_step_ms": steps_ms["hand"], "engine_step_ms": steps_ms["engine"],
-              "machine": machine(torch.device("cpu"))}
+              "machine": machine(device)}
     # as in the harness: > 1 when the engine is faster (time of the other / time of the engine)
     result["engine_vs_hand"] = steps_ms["hand"] / steps_ms["engine"]
     result["engine_vs_hand_fused"] = steps_ms["hand_fused"] / steps_ms["engine"]
@@ -164,7 +185,7 @@ def main(argv=None) -> dict:
         result["engine_vs_torchdistill"] = steps_ms["torchdistill"] / steps_ms["engine"]
         result["cache_vs_torchdistill"] = steps_ms["torchdistill"] / steps_ms["cache"]
     suffix = ("_amp" if args.amp else "") + (f"_b{batch_size}" if args.batch_size else "")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"step_ab_{args.pair}{suffix}_cpu.json")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"step_ab_{args.pair}{suffix}_{device.type}.json")
     out.write_text(json.dumps(result, indent=2))
     print(f"{args.pair}: median step of {args.repeats} interleaved repeats: "
           + ", ".join(f"{name} {ms:.3f} ms" for name, ms in steps_ms.items())

@@ -80,7 +80,7 @@ def test_gpu_script_runs_the_parts_it_is_asked_for_on_the_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "gpu_log.txt").read_text()
-    for part in ("tests", "harness", "scaling", "compile"):
+    for part in ("tests", "harness", "step_ab", "scaling", "compile"):
         assert f"== {part}: skipped" in log
     assert "exit status" not in log
     profile = json.loads((tmp_path / "gpu_profile.json").read_text())
