@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (8 at most; 9 with compile):
+# The GPU measurements in one go, about 5 minutes on one H100/H200-class GPU (10 at most, the parts' time limits; 11 with compile):
 #   bash benchmarks/gpu.sh [OUT_DIR]      (default OUT_DIR: benchmarks/results)
 # writes OUT_DIR/gpu_harness.json   hand loop (default and fused SGD) / workbench / cache / torchdistill, 3 pairs
 #        OUT_DIR/gpu_step_ab_cnn.json  single steps of cnn -> mlp interleaved: hand loop (default and
