@@ -318,13 +318,19 @@ def test_a_changed_device_batch_is_still_checked_and_refused(digits, teacher, de
     assert run.settings.data_on_device and run.scheme.cache.served == 0
 
 
-def test_rows_stored_from_elsewhere_turn_the_unchecked_path_off(teacher):
-    cache = TeacherCache(size=4)
+def linear_cache(size: int, split_rows: int):
+    """A cache of ``size`` rows for a linear teacher, a device copy of ``split_rows`` rows and a
+    batch of its rows 0 and 1: (cache, model, forward, split, rows, batch)."""
+    cache = TeacherCache(size=size)
     model = torch.nn.Linear(3, 2).eval()
     forward = lambda b: wb.Outputs(model(b.x))   # noqa: E731
-    split = torch.randn(4, 3)
+    split = torch.randn(split_rows, 3)
     rows = torch.tensor([0, 1])
-    batch = wb.data.Batch(split[rows], torch.tensor([0, 1]), rows)
+    return cache, model, forward, split, rows, wb.data.Batch(split[rows], torch.tensor([0, 1]), rows)
+
+
+def test_rows_stored_from_elsewhere_turn_the_unchecked_path_off(teacher):
+    cache, model, forward, split, rows, batch = linear_cache(4, 4)
     cache.outputs(batch, model, forward)                       # stored from no device copy
     served = cache.outputs(batch, model, forward, rows=(rows, split))
     assert cache.served == 1 and torch.equal(served.logits, model(batch.x))
@@ -337,12 +343,7 @@ def test_rows_stored_from_elsewhere_turn_the_unchecked_path_off(teacher):
 def test_a_device_copy_of_another_size_is_never_served_unchecked():
     """Rows of a copy longer than the cached split could index past its rows: such a copy never
     becomes the source of the unchecked path, so every batch of it is looked up and hashed."""
-    cache = TeacherCache(size=2)
-    model = torch.nn.Linear(3, 2).eval()
-    forward = lambda b: wb.Outputs(model(b.x))   # noqa: E731
-    split = torch.randn(6, 3)
-    rows = torch.tensor([0, 1])
-    batch = wb.data.Batch(split[rows], torch.tensor([0, 1]), rows)
+    cache, model, forward, split, rows, batch = linear_cache(2, 6)
     cache.outputs(batch, model, forward, rows=(rows, split))   # fills both rows: complete
     assert cache._complete
     outside = wb.data.Batch(split[torch.tensor([4, 5])], torch.tensor([0, 1]), torch.tensor([4, 5]))
