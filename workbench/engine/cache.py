@@ -42,8 +42,9 @@ same copy is served with no hash and no host read, so a served step never waits 
 teacher-weight checks stay: identities and versions every step, the contents once an epoch, which
 is one host read an epoch); once every row is stored, such a batch is not even looked up on the
 host (which rows are stored, whether its indices are in range): one gather on the device serves
-it, about twenty operators fewer a step than looking it up. Anything else (a scheme that transforms batches, seeded views, pinned
-per-batch copies, a split modified and copied again) takes the checked path.
+it, about twenty operators fewer a step than looking it up. Anything else (a scheme that
+transforms batches, seeded views, pinned per-batch copies, a split modified and copied again)
+takes the checked path.
 """
 from __future__ import annotations
 
@@ -206,20 +207,23 @@ class TeacherCache:
         """
         if self.reason is None:
             self._check_teacher(teacher, epoch)
-        if self.reason is None and self._complete and self._from_source(batch, rows):
+        if self.reason is not None:
+            return self._forward(forward, batch)
+        # the device copy this batch is rows of (one key a sample: no augmentation views), and
+        # whether every stored row came from it
+        source = rows[1] if rows is not None and "augmentation_seed" not in batch.extras else None
+        from_source = source is not None and self._source is not None and self._source() is source
+        if from_source and self._complete:
             # every row is stored, all from the device copy this batch is rows of, unchanged:
             # nothing to look up or check on the host (its indices are rows of that copy, which
             # has exactly this cache's rows), one gather on the device
-            self.served += 1
-            return self._gather(rows[0])
-        keys = self._keys(batch) if self.reason is None else None
+            return self._serve(rows[0])
+        keys = self._keys(batch)
         if keys is None:
             return self._forward(forward, batch)
         filled = self.filled[keys]
-        source = rows[1] if rows is not None and "augmentation_seed" not in batch.extras else None
-        if self._from_source(batch, rows) and filled.all():
-            self.served += 1
-            return self._gather(rows[0])
+        if from_source and filled.all():
+            return self._serve(rows[0])
         sums = checksum(batch.x)
         if not filled.any():                  # all new: the teacher runs, its outputs are stored
             out = self._forward(forward, batch)
@@ -231,8 +235,7 @@ class TeacherCache:
                         "(augmentation without a replayable seed, or a modified training split)")
             return self._forward(forward, batch)
         if filled.all():
-            self.served += 1
-            return self._gather(device_keys)
+            return self._serve(device_keys)
         # some samples are new: the teacher runs on the whole batch, not on the new ones alone,
         # because kernels for other batch sizes round differently (a batch of 1 or 2 does, on the
         # CPU), and every stored row must be what the teacher gives in a training batch
@@ -240,11 +243,9 @@ class TeacherCache:
         self._store(keys, sums, out, source)
         return out
 
-    def _from_source(self, batch: Batch, rows) -> bool:
-        """Whether ``batch`` is the unchanged ``rows`` of the device copy every stored row came
-        from (one key per sample: no augmentation views)."""
-        return rows is not None and self._source is not None and self._source() is rows[1] \
-            and "augmentation_seed" not in batch.extras
+    def _serve(self, rows: torch.Tensor) -> Outputs:
+        self.served += 1
+        return self._gather(rows)
 
     def _forward(self, forward, batch: Batch) -> Outputs:
         self.teacher_forwards += 1
